@@ -1,0 +1,111 @@
+"""Named models, built lazily from settings. The one place that knows which backend serves which name."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from backends.base import ChatBackend, GenParams
+from settings import ConfigError, ModelSpec, Settings
+
+log = logging.getLogger(__name__)
+
+LARGE_PARAMS = 3_000_000_000
+"""Local models at or above this many parameters count as LLMs when naming a lesson's direction."""
+
+
+class ModelRegistry:
+    """Maps model names to backends. Local models on the same base share one host (one copy of weights).
+
+    Students (trainable models) get their own adapter slot named after them; teachers on the
+    same base run with adapters disabled, so a teacher never speaks with a student's voice.
+    """
+
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        *,
+        cache_dir: Path,
+        env: Mapping[str, str] | None = None,
+        backends: Mapping[str, ChatBackend] | None = None,
+    ):
+        self.specs = dict(specs)
+        self.cache_dir = cache_dir
+        self.env = os.environ if env is None else env
+        self._backends: dict[str, ChatBackend] = dict(backends or {})
+        self._pool = None  # created on first local model, so importing torch is deferred
+
+    @classmethod
+    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> ModelRegistry:
+        """A registry over every model in the settings."""
+        return cls(settings.models, cache_dir=settings.cache_dir, env=env)
+
+    def names(self) -> list[str]:
+        """Every configured model name, sorted."""
+        return sorted(self.specs)
+
+    def spec(self, name: str) -> ModelSpec:
+        """The spec of `name`, or ConfigError listing the known names."""
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise ConfigError(f"unknown model '{name}' (known: {', '.join(self.names()) or 'none'})") from None
+
+    def get(self, name: str) -> ChatBackend:
+        """The backend serving `name`, built on first use."""
+        if name not in self._backends:
+            self._backends[name] = self._build(self.spec(name))
+        return self._backends[name]
+
+    def params(self, name: str) -> GenParams:
+        """Default generation settings of a model."""
+        g = self.spec(name).generation
+        return GenParams(
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            repetition_penalty=g.repetition_penalty,
+            seed=g.seed,
+        )
+
+    def _build(self, spec: ModelSpec) -> ChatBackend:
+        if spec.backend == "openai":
+            from backends.openai_backend import OpenAIBackend
+
+            return OpenAIBackend(spec, env=self.env)
+        from backends.local import HostPool, LocalBackend
+
+        if self._pool is None:
+            self._pool = HostPool(cache_dir=self.cache_dir)
+        host = self._pool.get(spec.path or "", device=spec.device, dtype=spec.dtype)
+        return LocalBackend(spec, host, adapter_name=spec.name if spec.trainable else None)
+
+    async def set_adapter(self, student: str, path: Path | str | None) -> None:
+        """Swap a student's live adapter (None: base weights). Requests in flight finish on the old one."""
+        backend = self.get(student)
+        host = getattr(backend, "host", None)
+        if host is None:
+            raise ConfigError(f"model '{student}' is not a local model; it has no adapters")
+        await host.set_adapter(student, path)
+
+    def size_class(self, name: str) -> str:
+        """'LLM' or 'SLM', from parameter count for local models, configured size class for API models."""
+        spec = self.spec(name)
+        if spec.size_class:
+            return "LLM" if spec.size_class == "large" else "SLM"
+        if spec.backend == "openai":
+            return "LLM"
+        count = self.get(name).parameter_count() if name in self._backends else None
+        if count is None:
+            return "SLM"
+        return "LLM" if count >= LARGE_PARAMS else "SLM"
+
+    async def aclose(self) -> None:
+        """Close every backend that was built."""
+        for backend in self._backends.values():
+            try:
+                await backend.aclose()
+            except Exception:  # closing must go on for the others; log what failed
+                log.exception("closing model backend %s failed", backend.name)

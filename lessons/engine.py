@@ -1,0 +1,307 @@
+"""Running a lesson: plan a syllabus, then teacher and student take turns until it is covered.
+
+Each section of the syllabus is taught in three turns:
+  1. the teacher explains one point and asks a check question ("explain"),
+  2. the student answers or asks a follow-up ("reply"),
+  3. the teacher confirms or corrects and restates the key fact ("correct").
+Several teachers or students rotate by section. Every turn is committed the moment it is
+produced, so a crash loses at most the turn in flight, and a lesson can resume from its
+stored turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from backends.base import BackendError, ChatBackend, GenParams, Message, Usage
+from backends.registry import ModelRegistry
+from lessons import prompts
+from lessons.events import (
+    LessonEvent,
+    LessonFinished,
+    LessonStarted,
+    Listener,
+    TokenStreamed,
+    TurnFinished,
+    TurnStarted,
+)
+from lessons.guards import clean_reply, is_echo, names_other_speaker
+from lessons.syllabus import Section, sections_from_plan, sections_from_source
+from storage import AsyncStore
+from storage import lessons as q
+
+log = logging.getLogger(__name__)
+
+PHASES = ("explain", "reply", "correct")
+MAX_TOPIC_CHARS = 200
+RETRIES = 2  # re-generations allowed for an empty, role-swapped or echoing reply
+STUDENT_FALLBACK = "Could you explain that once more, with an example?"
+
+
+class LessonError(Exception):
+    """A lesson cannot start or go on; the message is fit to show a member."""
+
+
+@dataclass(frozen=True)
+class LessonRequest:
+    """What a member (or the CLI) asked for."""
+
+    topic: str
+    teachers: list[str]
+    students: list[str]
+    max_turns: int
+    source_name: str | None = None
+    source_text: str | None = None
+    mode: str = "single"
+    started_by: str | None = None
+    guild_id: int | None = None
+    channel_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """The next turn to produce."""
+
+    role: str
+    speaker: str
+    kind: str
+    section: int
+
+
+@dataclass(frozen=True)
+class LessonOutcome:
+    """How a run ended."""
+
+    lesson_id: int
+    status: str
+    reason: str | None
+    turns: int
+
+
+def next_step(n_sections: int, done_turns: int, teachers: list[str], students: list[str], max_turns: int) -> Step | None:
+    """The turn after `done_turns` turns, or None when the syllabus is covered or the limit reached."""
+    if done_turns >= max_turns:
+        return None
+    section, phase = divmod(done_turns, len(PHASES))
+    if section >= n_sections:
+        return None
+    kind = PHASES[phase]
+    if kind == "reply":
+        return Step(role="student", speaker=students[section % len(students)], kind=kind, section=section)
+    return Step(role="teacher", speaker=teachers[section % len(teachers)], kind=kind, section=section)
+
+
+class LessonEngine:
+    """Creates and runs lessons against the model registry, persisting every turn."""
+
+    def __init__(self, store: AsyncStore, models: ModelRegistry):
+        self.store = store
+        self.models = models
+
+    async def open(self, req: LessonRequest) -> int:
+        """Validate a request and store the lesson; returns its id. Raises LessonError with a clear message."""
+        topic = " ".join(req.topic.split())
+        if not topic:
+            raise LessonError("the topic is empty")
+        if len(topic) > MAX_TOPIC_CHARS:
+            raise LessonError(f"the topic is {len(topic)} characters; keep it under {MAX_TOPIC_CHARS}")
+        if not req.teachers or not req.students:
+            raise LessonError("a lesson needs at least one teacher and one student")
+        for name in [*req.teachers, *req.students]:
+            if name not in self.models.specs:
+                raise LessonError(f"unknown model '{name}' (known: {', '.join(self.models.names())})")
+        if req.mode not in ("single", "rotate"):
+            raise LessonError(f"unknown lesson mode '{req.mode}' (use single or rotate)")
+        if req.max_turns < 1:
+            raise LessonError("a lesson needs at least one turn")
+        source_id = None
+        if req.source_text is not None:
+            if not req.source_text.strip():
+                raise LessonError("the source document is empty")
+            source_id = await self.store.call(q.add_source, req.source_name or "source", req.source_text)
+        return await self.store.call(
+            q.create_lesson,
+            topic=topic,
+            teachers=list(req.teachers),
+            students=list(req.students),
+            max_turns=req.max_turns,
+            mode=req.mode,
+            source_id=source_id,
+            started_by=req.started_by,
+            guild_id=req.guild_id,
+            channel_id=req.channel_id,
+        )
+
+    async def run(self, lesson_id: int, listener: Listener | None = None, stop: asyncio.Event | None = None) -> LessonOutcome:
+        """Run (or resume) a lesson to its end and return how it ended. Never raises for model failures."""
+        stop = stop or asyncio.Event()
+        emit = _safe(listener)
+        lesson = await self.store.call(q.get_lesson, lesson_id)
+        if lesson is None:
+            raise LessonError(f"no lesson {lesson_id}")
+        people = await self.store.call(q.participants, lesson_id)
+        teachers = [p.model for p in people if p.role == "teacher"]
+        students = [p.model for p in people if p.role == "student"]
+        done = await self.store.call(q.turns, lesson_id)
+        try:
+            sections = await self._syllabus(lesson, teachers[0])
+            await emit(LessonStarted(lesson_id, lesson["topic"], teachers, students, [s.as_dict() for s in sections], bool(done)))
+            while True:
+                step = next_step(len(sections), len(done), teachers, students, lesson["max_turns"])
+                if step is None:
+                    covered = len(done) >= len(sections) * len(PHASES)
+                    reason = "syllabus covered" if covered else "turn limit reached"
+                    return await self._finish(lesson_id, "finished", reason, len(done), emit)
+                if stop.is_set():
+                    return await self._finish(lesson_id, "stopped", "stopped by request", len(done), emit)
+                turn = await self._turn(lesson, step, sections, done, teachers, students, emit, stop)
+                if turn is None:
+                    return await self._finish(lesson_id, "stopped", "stopped by request", len(done), emit)
+                done.append(turn)
+                await emit(TurnFinished(lesson_id, turn))
+        except BackendError as e:
+            return await self._finish(lesson_id, "failed", str(e), len(done), emit)
+        except LessonError as e:
+            return await self._finish(lesson_id, "failed", str(e), len(done), emit)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.store.call(q.finish_lesson, lesson_id, "interrupted", "the lesson was cancelled"))
+            raise
+        except Exception as e:  # an unexpected bug must not leave the lesson 'running' forever
+            log.exception("lesson %s crashed", lesson_id)
+            return await self._finish(lesson_id, "failed", f"internal error: {type(e).__name__}: {e}", len(done), emit)
+
+    async def _finish(self, lesson_id: int, status: str, reason: str, turns: int, emit: Listener) -> LessonOutcome:
+        await self.store.call(q.finish_lesson, lesson_id, status, reason)
+        await emit(LessonFinished(lesson_id, status, reason, turns))
+        return LessonOutcome(lesson_id, status, reason, turns)
+
+    async def _syllabus(self, lesson: dict[str, Any], teacher: str) -> list[Section]:
+        if lesson["syllabus"]:
+            return [Section(**s) for s in lesson["syllabus"]]
+        if lesson["source_id"] is not None:
+            source = await self.store.call(q.get_source, lesson["source_id"])
+            sections = sections_from_source(source["text"] if source else "")
+        else:
+            backend = self.models.get(teacher)
+            params = replace(self.models.params(teacher), max_new_tokens=120)
+            plan = await backend.chat(prompts.plan(lesson["topic"]), params)
+            sections = sections_from_plan(plan, lesson["topic"])
+        if not sections:
+            raise LessonError("the source document has no text to teach")
+        await self.store.call(q.set_syllabus, lesson["id"], [s.as_dict() for s in sections])
+        return sections
+
+    async def _turn(
+        self,
+        lesson: dict[str, Any],
+        step: Step,
+        sections: list[Section],
+        done: list[dict[str, Any]],
+        teachers: list[str],
+        students: list[str],
+        emit: Listener,
+        stop: asyncio.Event,
+    ) -> dict[str, Any] | None:
+        spec = self.models.spec(step.speaker)
+        section = sections[step.section]
+        messages = self._messages(lesson["topic"], step, section, spec.display_name, done)
+        own = [spec.name, spec.display_name, step.role, "assistant"]
+        others = [self.models.spec(n).display_name for n in teachers + students if n != step.speaker]
+        others += [n for n in teachers + students if n != step.speaker]
+        others += ["student" if step.role == "teacher" else "teacher", "user"]
+        recent = [t["content"] for t in done[-2:]]
+        backend = self.models.get(step.speaker)
+        params = self.models.params(step.speaker)
+        await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
+        kind = step.kind
+        text, usage = "", Usage()
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                params = replace(params, temperature=max(params.temperature, 0.7), seed=(params.seed or 0) + attempt)
+            usage = Usage()
+            raw = await self._stream(backend, messages, params, usage, lesson["id"], step, others, emit, stop)
+            if raw is None:
+                return None
+            text = clean_reply(raw, own_labels=own, other_labels=others)
+            if text and not is_echo(text, recent):
+                break
+            log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
+        else:
+            if step.role == "teacher":
+                raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
+            text, kind = STUDENT_FALLBACK, "fallback"
+        return await self.store.call(
+            q.add_turn,
+            lesson_id=lesson["id"],
+            speaker=step.speaker,
+            role=step.role,
+            content=text,
+            kind=kind,
+            section=step.section,
+            prompt_tokens=usage.prompt_tokens or None,
+            completion_tokens=usage.completion_tokens or None,
+            latency_ms=usage.latency_ms or None,
+        )
+
+    def _messages(self, topic: str, step: Step, section: Section, name: str, done: list[dict[str, Any]]) -> list[Message]:
+        if step.kind == "explain":
+            return prompts.explain(name, topic, section)
+        in_section = [t for t in done if t["section"] == step.section]
+        teacher_turn = next((t["content"] for t in in_section if t["role"] == "teacher"), "")
+        if step.kind == "reply":
+            return prompts.student_reply(name, topic, teacher_turn)
+        student_turn = next((t["content"] for t in in_section if t["role"] == "student"), "")
+        return prompts.correct(name, topic, section, teacher_turn, student_turn)
+
+    async def _stream(
+        self,
+        backend: ChatBackend,
+        messages: list[Message],
+        params: GenParams,
+        usage: Usage,
+        lesson_id: int,
+        step: Step,
+        others: list[str],
+        emit: Listener,
+        stop: asyncio.Event,
+    ) -> str | None:
+        """Stream one reply, emitting tokens; None if stopped mid-turn. Stops early once the model
+        starts writing another participant's lines, which would be cut anyway."""
+        text = ""
+        stream = backend.stream(messages, params, usage)
+        try:
+            async for delta in stream:
+                if stop.is_set():
+                    return None
+                text += delta
+                await emit(TokenStreamed(lesson_id, step.speaker, step.role, text, delta))
+                if "\n" in text and names_other_speaker(text, others):
+                    break
+        finally:
+            await _aclose(stream)
+        return text
+
+
+async def _aclose(stream: object) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _safe(listener: Listener | None) -> Listener:
+    """A listener that fails (say Discord is down) must not end the lesson: log and go on."""
+
+    async def emit(event: LessonEvent) -> None:
+        if listener is None:
+            return
+        try:
+            await listener(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("lesson listener failed on %s", type(event).__name__)
+
+    return emit

@@ -1,0 +1,57 @@
+"""Cleaning model output before it becomes a turn: role swaps, echo loops, empty replies."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+_LABEL = re.compile(r"^\s*[*_]*\s*([^\n:*_]{1,40}?)\s*[*_]*\s*:\s*")
+_ROLE_TAGS = re.compile(r"<\|im_(?:start|end)\|>(?:assistant|user|system)?|<\|(?:assistant|user|system|eot_id|end)\|>")
+
+
+def clean_reply(text: str, *, own_labels: list[str], other_labels: list[str]) -> str:
+    """Drop a leading label naming the speaker itself, and cut the reply where another participant starts.
+
+    Small models often go on to write the whole dialogue ("Student: ... Teacher: ..."). What
+    follows another participant's label is not this turn, so it is dropped; a reply that
+    *starts* with another participant's label is a role swap and comes back empty.
+    """
+    own = {label.strip().lower() for label in own_labels if label.strip()}
+    other = {label.strip().lower() for label in other_labels if label.strip()}
+    text = _ROLE_TAGS.sub("", text).strip()
+    m = _LABEL.match(text)
+    if m and m.group(1).strip().lower() in own:
+        text = text[m.end() :]
+    kept: list[str] = []
+    for line in text.split("\n"):
+        m = _LABEL.match(line)
+        if m and m.group(1).strip().lower() in other:
+            break
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def names_other_speaker(text: str, other_labels: list[str]) -> bool:
+    """True once a line after the first starts with another participant's label: the turn is over."""
+    other = {label.strip().lower() for label in other_labels if label.strip()}
+    for line in text.split("\n")[1:]:
+        m = _LABEL.match(line)
+        if m and m.group(1).strip().lower() in other:
+            return True
+    return False
+
+
+def is_echo(reply: str, previous: list[str], threshold: float = 0.9) -> bool:
+    """True when the reply repeats a recent turn almost word for word (an echo loop)."""
+    norm = _normalise(reply)
+    if not norm:
+        return False
+    for prev in previous:
+        p = _normalise(prev)
+        if p and (norm == p or difflib.SequenceMatcher(None, norm, p).ratio() >= threshold):
+            return True
+    return False
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()

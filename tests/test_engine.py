@@ -1,0 +1,187 @@
+"""The lesson engine with deterministic scripted models: syllabus, stop rules, guards, persistence, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lessons.engine import STUDENT_FALLBACK, LessonEngine, LessonError, LessonRequest, next_step
+from lessons.events import LessonFinished, LessonStarted, TokenStreamed, TurnFinished
+from lessons.syllabus import sections_from_plan, sections_from_source
+from storage import AsyncStore, open_db
+from storage import lessons as q
+from tests.scripted import ScriptedBackend, scripted_registry
+
+PLAN = "1. What a share is\n2. How prices move\n3. Dividends"
+
+
+def teacher_reply(messages):
+    last = messages[-1]["content"]
+    if "key points" in last:
+        return PLAN
+    if last.startswith("Teach me this point:"):
+        return f"Here is the point: {last.split(':', 1)[1].splitlines()[0].strip()}. Do you follow?"
+    return "Yes, that's right. The key fact stands."
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = AsyncStore(open_db(tmp_path / "c.db"))
+    yield s
+    s.close()
+
+
+def make_engine(store, teacher=None, student=None, **extra):
+    backends = {"prof": teacher or ScriptedBackend("prof", teacher_reply), "kid": student or ScriptedBackend("kid", lambda m: "Is it like owning a slice of pizza?")}
+    backends.update(extra)
+    return LessonEngine(store, scripted_registry(backends, trainable=["kid"]))
+
+
+async def run_lesson(engine, turns=9, **kw):
+    events = []
+
+    async def listener(e):
+        events.append(e)
+
+    lid = await engine.open(LessonRequest(topic="what a stock is", teachers=kw.pop("teachers", ["prof"]), students=kw.pop("students", ["kid"]), max_turns=turns, **kw))
+    outcome = await engine.run(lid, listener)
+    return lid, outcome, events
+
+
+def test_next_step_cycles_explain_reply_correct_and_rotates_by_section():
+    steps = [next_step(3, i, ["a", "b"], ["x"], 100) for i in range(10)]
+    assert [s.kind for s in steps[:6]] == ["explain", "reply", "correct"] * 2
+    assert [s.speaker for s in steps[:6]] == ["a", "x", "a", "b", "x", "b"]
+    assert steps[9] is None  # three sections of three turns: covered
+    assert next_step(3, 4, ["a"], ["x"], 4) is None  # turn limit
+
+
+def test_source_sections_follow_headings_and_cover_everything():
+    doc = "# Opening hours\n" + "We open at 9 and close at 17 on weekdays. " * 5 + "\n\n# Fees\n" + "Membership costs 12 crowns a month. " * 5
+    sections = sections_from_source(doc)
+    assert [s.title for s in sections] == ["Opening hours", "Fees"]
+    assert "12 crowns" in sections[1].text
+
+
+def test_long_sections_are_split_and_nothing_is_dropped():
+    doc = "\n\n".join(f"Paragraph {i} says fact number {i} is true." * 8 for i in range(30))
+    sections = sections_from_source(doc, max_chars=500)
+    joined = " ".join(s.text for s in sections)
+    for i in range(30):
+        assert f"fact number {i} is true" in joined
+    assert all(len(s.text) <= 500 for s in sections)
+
+
+def test_plan_parsing_pads_a_poor_plan():
+    assert [s.title for s in sections_from_plan(PLAN, "stocks")] == ["What a share is", "How prices move", "Dividends"]
+    assert len(sections_from_plan("I don't know", "stocks")) == 3
+
+
+async def test_lesson_covers_syllabus_and_persists_every_turn(store):
+    lid, outcome, events = await run_lesson(make_engine(store), turns=20)
+    assert outcome.status == "finished" and outcome.reason == "syllabus covered"
+    stored = await store.call(q.turns, lid)
+    assert len(stored) == 9
+    assert [t["role"] for t in stored[:3]] == ["teacher", "student", "teacher"]
+    assert {t["section"] for t in stored} == {0, 1, 2}
+    assert "What a share is" in stored[0]["content"]
+    assert isinstance(events[0], LessonStarted)
+    assert isinstance(events[-1], LessonFinished)
+    assert sum(isinstance(e, TurnFinished) for e in events) == 9
+    assert any(isinstance(e, TokenStreamed) for e in events)
+    lesson = await store.call(q.get_lesson, lid)
+    assert lesson["status"] == "finished" and len(lesson["syllabus"]) == 3
+
+
+async def test_turn_limit_stops_the_lesson(store):
+    lid, outcome, _ = await run_lesson(make_engine(store), turns=6)
+    assert (outcome.status, outcome.reason, outcome.turns) == ("finished", "turn limit reached", 6)
+
+
+async def test_grounded_lesson_teaches_each_source_section_with_its_notes(store):
+    teacher = ScriptedBackend("prof", teacher_reply)
+    doc = "# Gate\n" + "The gate code of Vellmoor is 4471. " * 5 + "\n# Mayor\n" + "The mayor of Vellmoor is Ada Quill. " * 5
+    lid, outcome, _ = await run_lesson(make_engine(store, teacher=teacher), turns=30, source_name="v.md", source_text=doc)
+    assert outcome.reason == "syllabus covered"
+    systems = [c[0]["content"] for c in teacher.calls]
+    assert any("4471" in s for s in systems) and any("Ada Quill" in s for s in systems)
+    assert teacher.calls[0][-1]["content"].startswith("Teach me this point: Gate")  # no planning call when grounded
+
+
+async def test_student_speaking_as_teacher_is_cut(store):
+    student = ScriptedBackend("kid", "I think it is a share.\nTeacher: Correct, well done!")
+    lid, _, _ = await run_lesson(make_engine(store, student=student), turns=3)
+    reply = (await store.call(q.turns, lid))[1]
+    assert reply["content"] == "I think it is a share."
+
+
+async def test_student_echoing_teacher_is_retried_then_falls_back(store):
+    student = ScriptedBackend("kid", lambda m: m[-1]["content"])  # parrots the teacher every time
+    lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=3)
+    reply = (await store.call(q.turns, lid))[1]
+    assert (reply["content"], reply["kind"]) == (STUDENT_FALLBACK, "fallback")
+    assert len(student.calls) == 3  # first try plus two retries
+    assert outcome.status == "finished"
+
+
+async def test_empty_teacher_replies_fail_the_lesson_with_a_reason(store):
+    teacher = ScriptedBackend("prof", [PLAN, "", "", ""])
+    _, outcome, _ = await run_lesson(make_engine(store, teacher=teacher), turns=6)
+    assert outcome.status == "failed" and "no usable reply" in outcome.reason
+
+
+async def test_model_failure_mid_lesson_keeps_earlier_turns(store):
+    teacher = ScriptedBackend("prof", teacher_reply, fail_on_call=4)  # plan, explain, correct, then fails
+    lid, outcome, _ = await run_lesson(make_engine(store, teacher=teacher), turns=9)
+    assert outcome.status == "failed" and "scripted failure" in outcome.reason and "prof" in outcome.reason
+    assert len(await store.call(q.turns, lid)) == 3
+    assert (await store.call(q.get_lesson, lid))["reason"] == outcome.reason
+
+
+async def test_stop_request_ends_lesson_as_stopped(store):
+    engine = make_engine(store)
+    stop = asyncio.Event()
+    lid = await engine.open(LessonRequest(topic="stocks", teachers=["prof"], students=["kid"], max_turns=9))
+
+    async def listener(e):
+        if isinstance(e, TurnFinished) and e.turn["seq"] == 2:
+            stop.set()
+
+    outcome = await engine.run(lid, listener, stop)
+    assert outcome.status == "stopped" and outcome.turns == 2
+
+
+async def test_interrupted_lesson_resumes_where_it_stopped(store):
+    engine = make_engine(store)
+    lid = await engine.open(LessonRequest(topic="stocks", teachers=["prof"], students=["kid"], max_turns=6))
+    stop = asyncio.Event()
+
+    async def listener(e):
+        if isinstance(e, TurnFinished) and e.turn["seq"] == 4:
+            stop.set()
+
+    await engine.run(lid, listener, stop)
+    await store.call(q.resume_lesson, lid)
+    outcome = await engine.run(lid)
+    stored = await store.call(q.turns, lid)
+    assert outcome.status == "finished" and [t["seq"] for t in stored] == [1, 2, 3, 4, 5, 6]
+    assert stored[4]["role"] == "student" and stored[4]["section"] == 1
+
+
+async def test_two_students_take_turns(store):
+    engine = make_engine(store, kid2=ScriptedBackend("kid2", "What about bonds?"))
+    lid, _, _ = await run_lesson(engine, turns=6, students=["kid", "kid2"])
+    speakers = [t["speaker"] for t in await store.call(q.turns, lid) if t["role"] == "student"]
+    assert speakers == ["kid", "kid2"]
+
+
+@pytest.mark.parametrize(
+    ("topic", "teachers", "message"),
+    [("", ["prof"], "empty"), ("x" * 201, ["prof"], "under 200"), ("ok", ["nobody"], "unknown model 'nobody'")],
+)
+async def test_bad_requests_are_refused_before_anything_is_stored(store, topic, teachers, message):
+    engine = make_engine(store)
+    with pytest.raises(LessonError, match=message):
+        await engine.open(LessonRequest(topic=topic, teachers=teachers, students=["kid"], max_turns=4))
+    assert await store.call(q.list_lessons) == []
