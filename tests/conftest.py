@@ -25,3 +25,6 @@ def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"
     h.mkdir()
     return h
+
+
+from tests.fakeopenai import fake_openai  # noqa: E402,F401  (fixture shared by every test module)

@@ -1,0 +1,197 @@
+"""The CLI's subcommands: each turns arguments into calls on the engine, storage and models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from app import AppContext, open_app
+from cli import CliError
+from backends.base import Usage
+from lessons import prompts
+from lessons.engine import LessonRequest
+from lessons.events import LessonEvent, LessonFinished, LessonStarted, TokenStreamed, TurnFinished, TurnStarted
+from lessons.sources import read_source
+from settings import Settings
+from storage import lessons as q
+from storage import votes as v
+from trainer import dataset
+
+MAX_QUESTION_CHARS = 1000
+
+
+class TerminalTranscript:
+    """Prints a lesson as it streams: a header per turn, then its text line by line."""
+
+    def __init__(self, app: AppContext, out: TextIO = sys.stdout):
+        self.app = app
+        self.out = out
+        self.printed = ""
+
+    async def __call__(self, event: LessonEvent) -> None:
+        if isinstance(event, LessonStarted):
+            titles = "; ".join(s["title"] for s in event.syllabus)
+            self._write(f"Lesson {event.lesson_id}: {event.topic}\nSyllabus: {titles}\n")
+        elif isinstance(event, TurnStarted):
+            name = self.app.models.spec(event.speaker).display_name
+            self._write(f"\n[{name} · {event.role}]\n")
+            self.printed = ""
+        elif isinstance(event, TokenStreamed):
+            # print whole lines as they complete; the stored turn (guards applied) finishes it off
+            complete = event.text[: event.text.rfind("\n") + 1]
+            if len(complete) > len(self.printed):
+                self._write(complete[len(self.printed) :])
+                self.printed = complete
+        elif isinstance(event, TurnFinished):
+            content = event.turn["content"]
+            if content.startswith(self.printed.strip()) and self.printed.strip():
+                self._write(content[len(self.printed.strip()) :] + "\n")
+            elif not self.printed.strip():
+                self._write(content + "\n")
+            else:
+                self._write(f"\n(stored as: {content})\n")
+        elif isinstance(event, LessonFinished):
+            why = f" ({event.reason})" if event.reason else ""
+            self._write(f"\nLesson {event.lesson_id} {event.status}{why}: {event.turns} turns stored.\n")
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+
+async def cmd_lesson(settings: Settings, args: argparse.Namespace) -> int:
+    """Run one lesson to its end, streaming it; print the lesson id (and a JSON summary with --json)."""
+    source_name = source_text = None
+    if args.source:
+        source_name, source_text = read_source(args.source, settings.lessons.max_source_bytes)
+    teachers = args.teacher or [settings.default_teacher]
+    students = args.student or [settings.default_student]
+    turns = args.turns or settings.lessons.max_turns
+    async with open_app(settings) as app:
+        for name in teachers + students:
+            app.models.spec(name)
+        if source_text is None and all(app.models.size_class(t) == "SLM" for t in teachers):
+            print(
+                f"note: teacher {', '.join(teachers)} is a small model and no --source was given; a small teacher "
+                "is only useful when grounded in a document (pass --source notes.md) or use an API teacher.",
+                file=sys.stderr,
+            )
+        lesson_id = await app.engine.open(
+            LessonRequest(
+                topic=args.topic, teachers=teachers, students=students, max_turns=turns,
+                source_name=source_name, source_text=source_text,
+                mode=args.mode or ("rotate" if len(teachers) > 1 else "single"), started_by="cli",
+            )
+        )
+        out = sys.stderr if args.json else sys.stdout
+        outcome = await app.engine.run(lesson_id, TerminalTranscript(app, out))
+        if args.json:
+            print(json.dumps({"lesson_id": lesson_id, "turns": outcome.turns, "status": outcome.status, "reason": outcome.reason}))
+        else:
+            print(f"lesson id: {lesson_id}")
+        return 0 if outcome.status in ("finished", "stopped") else 1
+
+
+async def cmd_lessons(settings: Settings, args: argparse.Namespace) -> int:
+    """A table of recent lessons."""
+    async with open_app(settings) as app:
+        rows = await app.store.call(q.list_lessons, limit=50)
+    if not rows:
+        print("no lessons yet: run `classroom lesson --topic \"...\"`")
+        return 0
+    print(f"{'id':>4}  {'status':<11} {'turns':>5} {'score':>5}  {'approved':<8}  topic")
+    for r in rows:
+        print(f"{r['id']:>4}  {r['status']:<11} {r['turn_count']:>5} {r['score']:>5}  {'yes' if r['approved'] else 'no':<8}  {r['topic']}")
+    return 0
+
+
+async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    """One lesson: header, syllabus, and each turn with its votes."""
+    async with open_app(settings) as app:
+        lesson = await app.store.call(q.get_lesson, args.lesson_id)
+        if lesson is None:
+            raise CliError(f"no lesson with id {args.lesson_id}")
+        turns = await app.store.call(q.turns, args.lesson_id)
+        tallies = [await app.store.call(v.tally, "turn", t["id"]) for t in turns]
+        score = await app.store.call(v.tally, "lesson", args.lesson_id)
+        people = await app.store.call(q.participants, args.lesson_id)
+    reason = f" ({lesson['reason']})" if lesson["reason"] else ""
+    print(f"Lesson {lesson['id']}: {lesson['topic']}")
+    print(f"status: {lesson['status']}{reason}; approved: {'yes' if lesson['approved'] else 'no'}; lesson votes +{score.up}/-{score.down}")
+    print("teachers: " + ", ".join(p.model for p in people if p.role == "teacher")
+          + "; students: " + ", ".join(p.model for p in people if p.role == "student"))
+    for t, tally in zip(turns, tallies, strict=True):
+        print(f"\n#{t['seq']} [{t['speaker']} · {t['role']} · {t['kind']}] (+{tally.up}/-{tally.down})\n{t['content']}")
+    return 0
+
+
+async def cmd_approve(settings: Settings, args: argparse.Namespace) -> int:
+    """Record a curator decision on each lesson; ended lessons only."""
+    decision = "reject" if args.reject else "approve"
+    async with open_app(settings) as app:
+        for lesson_id in args.lesson_ids:
+            lesson = await app.store.call(q.get_lesson, lesson_id)
+            if lesson is None:
+                raise CliError(f"no lesson with id {lesson_id}")
+            if lesson["status"] not in ("finished", "stopped"):
+                raise CliError(f"lesson {lesson_id} is {lesson['status']}; only finished or stopped lessons can be approved")
+            await app.store.call(v.record_decision, lesson_id, "cli", decision)
+            print(f"lesson {lesson_id}: {decision}d")
+    return 0
+
+
+async def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask a student, streaming its answer, exactly as a member's /ask does."""
+    question = args.question.strip()
+    if not question:
+        raise CliError("the question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise CliError(f"the question is {len(question)} characters; keep it under {MAX_QUESTION_CHARS}")
+    name = args.student or settings.default_student
+    async with open_app(settings) as app:
+        spec = app.models.spec(name)
+        backend = app.models.get(name)
+        messages = [*prompts.ask(spec.display_name), {"role": "user", "content": question}]
+        async for delta in backend.stream(messages, app.models.params(name), Usage()):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        print()
+    return 0
+
+
+async def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Write lessons as chat JSONL for fine-tuning elsewhere. No Discord ids are included."""
+    convert = dataset.to_openai if args.format == "openai" else dataset.to_sharegpt
+    async with open_app(settings) as app:
+        if args.approved_only:
+            ids = [r["id"] for r in await app.store.call(v.approved_lessons)]
+        else:
+            ids = [r["id"] for r in await app.store.call(q.list_lessons, limit=1_000_000)][::-1]
+        blocked = [n for n, s in settings.models.items() if s.train_on_outputs is False]
+        examples: list[dict[str, Any]] = []
+        for lesson_id in ids:
+            examples += await app.store.call(dataset.lesson_examples, lesson_id, no_train_teachers=blocked)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(convert(ex), ensure_ascii=False) + "\n")
+    print(f"wrote {len(examples)} examples from {len(ids)} lessons to {out}")
+    return 0
+
+
+async def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    """The configured models, their backend and role."""
+    print(f"{'name':<16} {'role':<8} {'backend':<7} {'where':<40} persona")
+    for name, spec in sorted(settings.models.items()):
+        where = spec.model if spec.backend == "openai" else spec.path
+        if spec.backend == "openai" and spec.base_url:
+            where = f"{spec.model} @ {spec.base_url}"
+        role = "student" if spec.trainable else "teacher"
+        flag = "" if spec.train_on_outputs is not False else "  [outputs not used for training]"
+        print(f"{name:<16} {role:<8} {spec.backend:<7} {str(where):<40} {spec.display_name}{flag}")
+    print(f"\ndefault teacher: {settings.default_teacher}; default student: {settings.default_student}")
+    return 0
