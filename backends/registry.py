@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from backends.base import ChatBackend, GenParams
@@ -30,12 +30,16 @@ class ModelRegistry:
         cache_dir: Path,
         env: Mapping[str, str] | None = None,
         backends: Mapping[str, ChatBackend] | None = None,
+        adapter_source: Callable[[str], Awaitable[str | None]] | None = None,
     ):
         self.specs = dict(specs)
         self.cache_dir = cache_dir
         self.env = os.environ if env is None else env
         self._backends: dict[str, ChatBackend] = dict(backends or {})
+        # where the truth about each student's active adapter lives (the database), if anywhere
+        self.adapter_source = adapter_source
         self._pool = None  # created on first local model, so importing torch is deferred
+        self._adapters: dict[str, str | None] = {}  # what each student's live backend has loaded (a cache of the DB)
 
     @classmethod
     def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> ModelRegistry:
@@ -58,6 +62,22 @@ class ModelRegistry:
         if name not in self._backends:
             self._backends[name] = self._build(self.spec(name))
         return self._backends[name]
+
+    async def backend(self, name: str) -> ChatBackend:
+        """The backend for `name`, with a student's live adapter brought in line with the registry first.
+
+        So an adapter promoted or rolled back by another process (the CLI, a training run)
+        is used by the very next request, without a restart.
+        """
+        backend = self.get(name)
+        spec = self.spec(name)
+        if self.adapter_source is not None and spec.trainable and spec.backend == "local":
+            await self.sync_adapter(name, await self.adapter_source(name))
+        return backend
+
+    def is_built(self, name: str) -> bool:
+        """Whether the backend for `name` exists already (a local model may be loaded)."""
+        return name in self._backends
 
     def params(self, name: str) -> GenParams:
         """Default generation settings of a model."""
@@ -89,6 +109,19 @@ class ModelRegistry:
         if host is None:
             raise ConfigError(f"model '{student}' is not a local model; it has no adapters")
         await host.set_adapter(student, path)
+        self._adapters[student] = str(path) if path else None
+
+    async def sync_adapter(self, student: str, path: Path | str | None) -> bool:
+        """Load `path` as the student's adapter unless it already is; True if a swap happened."""
+        wanted = str(path) if path else None
+        if self._adapters.get(student) == wanted:
+            return False
+        await self.set_adapter(student, wanted)
+        return True
+
+    def current_adapter(self, student: str) -> str | None:
+        """The adapter directory the live student uses now, or None for base weights."""
+        return self._adapters.get(student)
 
     def size_class(self, name: str) -> str:
         """'LLM' or 'SLM', from parameter count for local models, configured size class for API models."""

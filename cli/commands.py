@@ -9,11 +9,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from app import AppContext, open_app
-from cli import CliError
 from backends.base import Usage
+from cli import CliError
 from lessons import prompts
 from lessons.engine import LessonRequest
-from lessons.events import LessonEvent, LessonFinished, LessonStarted, TokenStreamed, TurnFinished, TurnStarted
+from lessons.events import (
+    LessonEvent,
+    LessonFinished,
+    LessonStarted,
+    TokenStreamed,
+    TurnFinished,
+    TurnStarted,
+)
 from lessons.sources import read_source
 from settings import Settings
 from storage import lessons as q
@@ -153,7 +160,7 @@ async def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
     name = args.student or settings.default_student
     async with open_app(settings) as app:
         spec = app.models.spec(name)
-        backend = app.models.get(name)
+        backend = await app.models.backend(name)
         messages = [*prompts.ask(spec.display_name), {"role": "user", "content": question}]
         async for delta in backend.stream(messages, app.models.params(name), Usage()):
             sys.stdout.write(delta)
@@ -175,12 +182,17 @@ async def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
         for lesson_id in ids:
             examples += await app.store.call(dataset.lesson_examples, lesson_id, no_train_teachers=blocked)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps(convert(ex), ensure_ascii=False) + "\n")
+    write_jsonl(out, [convert(ex) for ex in examples])
     print(f"wrote {len(examples)} examples from {len(ids)} lessons to {out}")
     return 0
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows as JSON lines, creating the parent directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 async def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
@@ -195,3 +207,89 @@ async def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{name:<16} {role:<8} {spec.backend:<7} {str(where):<40} {spec.display_name}{flag}")
     print(f"\ndefault teacher: {settings.default_teacher}; default student: {settings.default_student}")
     return 0
+
+
+async def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the training job now; progress on stderr, and with --json the result object last on stdout."""
+    from trainer import job
+
+    def progress(event: dict[str, Any]) -> None:
+        line = training_progress_line(event)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+
+    async with open_app(settings) as app:
+        if args.student:
+            results = [await job.train_student(app, args.student, "cli", progress)]
+        else:
+            results = await job.train_all(app, "cli", progress)
+    if not results:
+        raise CliError("no trainable students are configured")
+    for r in results:
+        if args.json:
+            print(json.dumps(r.as_dict()))
+        else:
+            print(f"{r.student}: {r.status}" + (f" — {r.reason}" if r.reason else ""))
+    return 0 if all(r.status != "failed" for r in results) else 1
+
+
+def training_progress_line(event: dict[str, Any]) -> str | None:
+    """One human line for a trainer progress event, or None for events not worth a line."""
+    kind = event.get("event")
+    if kind == "stage":
+        return f"[{event['stage']}] {event.get('message', '')}"
+    if kind == "start":
+        return f"[train] {event.get('examples')} examples, {event.get('tokens')} tokens, {event.get('total_steps')} steps"
+    if kind == "progress":
+        return (f"[train] step {event.get('step')}/{event.get('total_steps')} loss {event.get('loss', 0):.3f} "
+                f"{event.get('tokens_per_s', 0):.0f} tok/s ETA {event.get('eta_s', 0):.0f}s")
+    return None
+
+
+async def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
+    """Recent training runs."""
+    from storage import training as tq
+
+    async with open_app(settings) as app:
+        runs = await app.store.call(tq.list_runs, args.student, 20)
+    if not runs:
+        print("no training runs yet")
+    for r in runs:
+        scores = f" topic {_fmt(r['before'], 'topic')}→{_fmt(r['after'], 'topic')}" if r.get("after") else ""
+        print(f"#{r['id']} {r['student']} {r['status']} {r['started_at'][:16]}{scores} {r['reason'] or ''}")
+    return 0
+
+
+async def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
+    """A student's adapters, oldest first, with their held-out scores."""
+    from storage import training as tq
+
+    student = args.student or settings.default_student
+    async with open_app(settings) as app:
+        rows = await app.store.call(tq.adapters, student)
+    if not rows:
+        print(f"{student} has no adapters yet; it speaks with its base weights")
+    for a in rows:
+        ev = (a["metrics"] or {}).get("eval") or {}
+        print(f"v{a['version']:<3} {a['status']:<9} topic {_fmt(ev, 'topic')} control {_fmt(ev, 'control')}  {a['created_at'][:16]}")
+    return 0
+
+
+async def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    """Switch back to an earlier adapter (or 'base'); a running bot picks it up before its next answer."""
+    from trainer import job
+
+    student = args.student or settings.default_student
+    version = None if args.version == "base" else int(args.version.lstrip("v"))
+    async with open_app(settings) as app:
+        try:
+            row = await job.rollback(app, student, version)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    print(f"{student} now speaks with " + (f"adapter v{row['version']}" if row else "its base weights"))
+    return 0
+
+
+def _fmt(scores: dict[str, Any] | None, key: str) -> str:
+    value = (scores or {}).get(key)
+    return "–" if value is None else f"{value:.2f}"

@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--approved-only", action="store_true")
     s.add_argument("--out", required=True)
     sub.add_parser("models", help="list configured teachers and students")
+    s = sub.add_parser("train", help="train students on newly approved lessons now (the nightly job)")
+    s.add_argument("--student", default=None, help="only this student (default: every trainable student)")
+    s.add_argument("--json", action="store_true", help="print the result object last")
+    s = sub.add_parser("runs", help="training history")
+    s.add_argument("--student", default=None)
+    s = sub.add_parser("versions", help="a student's adapter lineage with scores")
+    s.add_argument("--student", default=None)
+    s = sub.add_parser("rollback", help="switch a student back to an earlier adapter version")
+    s.add_argument("version", help="a version number, or 'base' for no adapter")
+    s.add_argument("--student", default=None)
     return p
 
 

@@ -185,7 +185,7 @@ class LessonEngine:
             source = await self.store.call(q.get_source, lesson["source_id"])
             sections = sections_from_source(source["text"] if source else "")
         else:
-            backend = self.models.get(teacher)
+            backend = await self.models.backend(teacher)
             params = replace(self.models.params(teacher), max_new_tokens=120)
             plan = await backend.chat(prompts.plan(lesson["topic"]), params)
             sections = sections_from_plan(plan, lesson["topic"])
@@ -213,7 +213,7 @@ class LessonEngine:
         others += [n for n in teachers + students if n != step.speaker]
         others += ["student" if step.role == "teacher" else "teacher", "user"]
         recent = [t["content"] for t in done[-2:]]
-        backend = self.models.get(step.speaker)
+        backend = await self.models.backend(step.speaker)
         params = self.models.params(step.speaker)
         await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
         kind = step.kind

@@ -135,4 +135,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX adapters_one_active ON adapters(student) WHERE status = 'active';
     """,
+    # 2: which lessons a run used (so "nothing new" can be told) and whose turns trained it.
+    """
+    ALTER TABLE training_runs ADD COLUMN lesson_ids TEXT;
+    ALTER TABLE training_runs ADD COLUMN sources TEXT;
+    """,
 ]

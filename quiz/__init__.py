@@ -1,0 +1,1 @@
+"""Quizzes: grading answers, writing held-out items, the control set. No discord, no torch."""

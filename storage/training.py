@@ -1,0 +1,155 @@
+"""Training runs and the adapter registry: which adapter each student speaks with, and how it got there."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlite_utils import Database
+
+from storage.db import Transaction, fetch_all, fetch_one, now
+
+RUN_FINAL = ("promoted", "rejected", "skipped", "failed", "interrupted")
+
+
+def start_run(db: Database, student: str, trigger: str) -> int:
+    """Record a training run as running; return its id."""
+    cur = db.execute(
+        "INSERT INTO training_runs (student, status, trigger, started_at) VALUES (?, 'running', ?, ?)",
+        [student, trigger, now()],
+    )
+    return int(cur.lastrowid)
+
+
+def running_run(db: Database, student: str) -> dict[str, Any] | None:
+    """The student's run in progress, if any."""
+    return fetch_one(db, "SELECT * FROM training_runs WHERE student = ? AND status = 'running'", [student])
+
+
+def finish_run(db: Database, run_id: int, status: str, **fields: Any) -> None:
+    """Close a run with its outcome; dict/list fields (before, after, lesson_ids) are stored as JSON."""
+    if status not in RUN_FINAL:
+        raise ValueError(f"not a final run status: {status}")
+    values = {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()}
+    sets = ", ".join(f"{k} = ?" for k in values)
+    db.execute(
+        f"UPDATE training_runs SET status = ?, finished_at = ?{', ' + sets if sets else ''} WHERE id = ?",
+        [status, now(), *values.values(), run_id],
+    )
+
+
+def get_run(db: Database, run_id: int) -> dict[str, Any] | None:
+    """One run with JSON fields decoded."""
+    return _decode_run(fetch_one(db, "SELECT * FROM training_runs WHERE id = ?", [run_id]))
+
+
+def list_runs(db: Database, student: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Recent runs, newest first."""
+    where, args = ("WHERE student = ?", [student]) if student else ("", [])
+    rows = fetch_all(db, f"SELECT * FROM training_runs {where} ORDER BY id DESC LIMIT ?", [*args, limit])
+    return [r for r in (_decode_run(r) for r in rows) if r is not None]
+
+
+def mark_running_runs_interrupted(db: Database) -> list[int]:
+    """At start-up: runs still marked running died with the process that ran them."""
+    ids = [r[0] for r in db.execute("SELECT id FROM training_runs WHERE status = 'running'").fetchall()]
+    for run_id in ids:
+        finish_run(db, run_id, "interrupted", reason="the bot stopped while this run was in progress")
+    return ids
+
+
+def trained_lesson_ids(db: Database, student: str) -> set[int]:
+    """Lessons already used by a finished (promoted or rejected) run of this student."""
+    ids: set[int] = set()
+    for (raw,) in db.execute(
+        "SELECT lesson_ids FROM training_runs WHERE student = ? AND status IN ('promoted', 'rejected')"
+        " AND lesson_ids IS NOT NULL",
+        [student],
+    ).fetchall():
+        ids.update(json.loads(raw))
+    return ids
+
+
+def add_adapter(
+    db: Database, *, student: str, path: str, run_id: int | None, parent_id: int | None, data_hash: str | None,
+    metrics: dict[str, Any] | None = None, version: int | None = None,
+) -> dict[str, Any]:
+    """Register a freshly trained adapter as a candidate with the next version number."""
+    with Transaction(db):
+        if version is None:
+            version = next_version(db, student)
+        cur = db.execute(
+            "INSERT INTO adapters (student, version, parent_id, run_id, path, status, metrics, data_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?, 'candidate', ?, ?, ?)",
+            [student, version, parent_id, run_id, path, json.dumps(metrics or {}), data_hash, now()],
+        )
+    row = get_adapter(db, int(cur.lastrowid))
+    assert row is not None
+    return row
+
+
+def next_version(db: Database, student: str) -> int:
+    """The version number the student's next adapter gets."""
+    return int(db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM adapters WHERE student = ?", [student]).fetchone()[0])
+
+
+def get_adapter(db: Database, adapter_id: int) -> dict[str, Any] | None:
+    """One adapter row with metrics decoded."""
+    return _decode_adapter(fetch_one(db, "SELECT * FROM adapters WHERE id = ?", [adapter_id]))
+
+
+def adapter_by_version(db: Database, student: str, version: int) -> dict[str, Any] | None:
+    """A student's adapter by version number."""
+    return _decode_adapter(fetch_one(db, "SELECT * FROM adapters WHERE student = ? AND version = ?", [student, version]))
+
+
+def active_adapter(db: Database, student: str) -> dict[str, Any] | None:
+    """The adapter the student speaks with now, or None for the base model."""
+    return _decode_adapter(fetch_one(db, "SELECT * FROM adapters WHERE student = ? AND status = 'active'", [student]))
+
+
+def adapters(db: Database, student: str) -> list[dict[str, Any]]:
+    """A student's adapter lineage, oldest first."""
+    rows = fetch_all(db, "SELECT * FROM adapters WHERE student = ? ORDER BY version", [student])
+    return [a for a in (_decode_adapter(r) for r in rows) if a is not None]
+
+
+def activate_adapter(db: Database, adapter_id: int) -> None:
+    """Make one adapter the student's active one and retire the previous, atomically."""
+    with Transaction(db):
+        row = db.execute("SELECT student, status FROM adapters WHERE id = ?", [adapter_id]).fetchone()
+        if row is None:
+            raise ValueError(f"no adapter {adapter_id}")
+        if row[1] == "deleted":
+            raise ValueError(f"adapter {adapter_id} was deleted from disk")
+        db.execute("UPDATE adapters SET status = 'retired' WHERE student = ? AND status = 'active'", [row[0]])
+        db.execute("UPDATE adapters SET status = 'active' WHERE id = ?", [adapter_id])
+
+
+def deactivate(db: Database, student: str) -> None:
+    """Go back to the base model: no adapter active."""
+    db.execute("UPDATE adapters SET status = 'retired' WHERE student = ? AND status = 'active'", [student])
+
+
+def set_adapter_status(db: Database, adapter_id: int, status: str, metrics: dict[str, Any] | None = None) -> None:
+    """Mark a candidate rejected, or a pruned adapter deleted; optionally merge in metrics."""
+    if metrics is not None:
+        current = get_adapter(db, adapter_id) or {"metrics": {}}
+        merged = {**(current["metrics"] or {}), **metrics}
+        db.execute("UPDATE adapters SET status = ?, metrics = ? WHERE id = ?", [status, json.dumps(merged), adapter_id])
+    else:
+        db.execute("UPDATE adapters SET status = ? WHERE id = ?", [status, adapter_id])
+
+
+def _decode_run(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is not None:
+        for key in ("before", "after", "lesson_ids", "sources"):
+            if row.get(key):
+                row[key] = json.loads(row[key])
+    return row
+
+
+def _decode_adapter(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is not None:
+        row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else {}
+    return row

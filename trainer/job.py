@@ -1,0 +1,349 @@
+"""The nightly job, also run by `/train now` and `classroom train`: approved dialogues → LoRA → gate → swap.
+
+Design choice: each run *continues from the student's active adapter* on the newly approved
+lessons, mixed with a replayed share of earlier approved data. Cost grows with what is new,
+not with everything ever approved; the lineage (parent → child) stays meaningful; replay
+keeps old lessons from being forgotten; and the evaluation gate refuses any adapter that
+does worse than the one it would replace. The first run, with no active adapter, trains a
+fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.context import AppContext
+from lessons import prompts
+from quiz import items as quiz_items
+from storage import fetch_all
+from storage import training as tq
+from storage import votes as v
+from trainer import dataset
+from trainer.process import run_module
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+@dataclass
+class TrainResult:
+    """What `classroom train --json` prints and the Discord report shows."""
+
+    run_id: int | None
+    student: str
+    status: str  # promoted | rejected | skipped | failed
+    adapter: str | None = None
+    version: int | None = None
+    examples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    reason: str | None = None
+    adapter_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("run_id", "student", "status", "adapter", "examples", "tokens",
+                                              "seconds", "before", "after", "reason")} | {"version": self.version}
+
+
+async def train_all(app: AppContext, trigger: str, progress: Progress | None = None) -> list[TrainResult]:
+    """Train every trainable student in turn (the scheduled job)."""
+    return [await train_student(app, s.name, trigger, progress) for s in app.settings.students()]
+
+
+async def train_student(app: AppContext, student: str, trigger: str = "manual",
+                        progress: Progress | None = None) -> TrainResult:
+    """One full run for one student. Never raises for training failures: they come back as status 'failed'."""
+    spec = app.models.spec(student)
+    if not spec.trainable:
+        return TrainResult(None, student, "failed", reason=f"model '{student}' is not trainable")
+    # one run at a time per process: training saturates a small machine, and runs share the data home
+    if app.training_lock.locked() or await app.store.call(tq.running_run, student):
+        return TrainResult(None, student, "skipped", reason="a training run is already in progress")
+    async with app.training_lock:
+        run_id = await app.store.call(tq.start_run, student, trigger)
+        started = time.monotonic()
+        try:
+            result = await _run(app, student, run_id, _safe(progress))
+        except asyncio.CancelledError:
+            await asyncio.shield(app.store.call(tq.finish_run, run_id, "interrupted", reason="cancelled"))
+            raise
+        except Exception as e:  # record any bug as a failed run; the active adapter is untouched
+            log.exception("training run %s for %s crashed", run_id, student)
+            result = TrainResult(run_id, student, "failed", reason=f"internal error: {type(e).__name__}: {e}")
+        result.seconds = round(time.monotonic() - started, 1)
+        await app.store.call(
+            tq.finish_run, run_id, result.status, adapter_id=result.adapter_id, examples=result.examples,
+            tokens=result.tokens, seconds=result.seconds, before=result.before, after=result.after, reason=result.reason,
+        )
+        return result
+
+
+async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -> TrainResult:
+    settings = app.settings
+    approved = await app.store.call(v.approved_lessons, student=student)
+    seen = await app.store.call(tq.trained_lesson_ids, student)
+    new = [lesson for lesson in approved if lesson["id"] not in seen]
+    if not new:
+        return TrainResult(run_id, student, "skipped", reason="no newly approved lessons since the last run")
+    await progress({"event": "stage", "stage": "dataset", "message": f"{len(new)} new approved lessons"})
+    blocked = [n for n, s in settings.models.items() if s.train_on_outputs is False]
+    name = app.models.spec(student).display_name
+
+    async def examples_of(lessons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for lesson in lessons:
+            out += await app.store.call(dataset.lesson_examples, lesson["id"], student_name=name, no_train_teachers=blocked)
+        return out
+
+    fresh = await examples_of(new)
+    old = await examples_of([lesson for lesson in approved if lesson["id"] in seen])
+    rng = random.Random(settings.training.seed + run_id)
+    replay = rng.sample(old, min(len(old), round(settings.training.replay_share * len(fresh))))
+    examples = dataset.dedupe(fresh + replay)
+    trainable = [e for e in examples if any(m.get("train") for m in e["messages"] if m["role"] == "assistant")]
+    if not trainable:
+        return TrainResult(run_id, student, "skipped", reason="the new lessons have no trainable teacher turns")
+    data_hash = dataset.data_hash(trainable)
+    await app.store.call(_record_lessons, run_id, [lesson["id"] for lesson in new], _teacher_shares(trainable))
+
+    await progress({"event": "stage", "stage": "quiz", "message": "writing held-out quiz items"})
+    await ensure_quiz_items(app, new)
+
+    base_dir = await resolve_base(app, student)
+    active = await app.store.call(tq.active_adapter, student)
+    version = await app.store.call(tq.next_version, student)
+    out_dir = settings.adapters_dir / student / f"v{version}"
+    run_dir = settings.home / "runs" / str(run_id)
+    cfg = settings.training
+    init_adapter = active["path"] if active else None
+    job = {
+        "base_model": base_dir,
+        "dataset": str(run_dir / "dataset.jsonl"),
+        "output_dir": str(out_dir),
+        "init_adapter": init_adapter,
+        "config": {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r,
+                   "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "max_seq_len": cfg.max_seq_len,
+                   "batch_tokens": cfg.batch_tokens, "seed": cfg.seed},
+        "meta": {"student": student, "run_id": run_id, "version": version, "data_hash": data_hash,
+                 "lessons": [lesson["id"] for lesson in new], "parent_version": active["version"] if active else None},
+    }
+    await asyncio.to_thread(_write_run_files, run_dir, [dataset.for_trainer(ex) for ex in trainable], job)
+    await progress({"event": "stage", "stage": "train", "message": f"training on {len(trainable)} examples"})
+    trained = await run_module("trainer", ["--job", str(run_dir / "job.json")], progress)
+    result = TrainResult(run_id, student, "failed", examples=len(trainable))
+    start = next((e for e in trained.events if e.get("event") == "start"), {})
+    result.tokens = int(start.get("tokens") or 0)
+    if trained.returncode != 0 or trained.last.get("event") != "done":
+        result.reason = f"training failed: {trained.failure_reason()}"
+        return result
+
+    metrics = trained.last.get("metrics", {})
+    candidate = await app.store.call(
+        tq.add_adapter, student=student, path=str(out_dir), run_id=run_id,
+        parent_id=active["id"] if active else None, data_hash=data_hash, metrics={"train": metrics}, version=version,
+    )
+    result.adapter_id = candidate["id"]
+    result.adapter, result.version = str(out_dir), version
+
+    await progress({"event": "stage", "stage": "evaluate", "message": "held-out quiz: before and after"})
+    scores = await evaluate(app, student, base_dir, active["path"] if active else None, str(out_dir), run_dir)
+    if scores is None:
+        await app.store.call(tq.set_adapter_status, candidate["id"], "rejected")
+        result.reason = "evaluation failed; kept the current adapter"
+        return result
+    result.before, result.after = scores["before"], scores["after"]
+    promote, why = gate(scores["before"], scores["after"], cfg.control_margin)
+    verdict = {"before": result.before, "after": result.after, "promoted": promote, "reason": why}
+    await asyncio.to_thread((out_dir / "evaluation.json").write_text, json.dumps(verdict, indent=2))
+    result.reason = why
+    if promote:
+        await app.store.call(tq.set_adapter_status, candidate["id"], "candidate", {"eval": result.after})
+        await app.store.call(tq.activate_adapter, candidate["id"])
+        await sync_student(app, student)
+        result.status = "promoted"
+    else:
+        await app.store.call(tq.set_adapter_status, candidate["id"], "rejected", {"eval": result.after})
+        result.status = "rejected"
+    await app.store.call(prune_adapters, student, cfg.keep_adapters)
+    return result
+
+
+def _write_run_files(run_dir: Path, rows: list[dict[str, Any]], job: dict[str, Any]) -> None:
+    """The run's dataset and job file; a missing parent adapter means starting fresh."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if job["init_adapter"] and not Path(job["init_adapter"]).is_dir():
+        log.warning("active adapter %s is missing on disk; training a fresh adapter", job["init_adapter"])
+        job["init_adapter"] = None
+    with (run_dir / "dataset.jsonl").open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (run_dir / "job.json").write_text(json.dumps(job, indent=2), encoding="utf-8")
+
+
+def gate(before: dict[str, Any], after: dict[str, Any], margin: float) -> tuple[bool, str]:
+    """Promote only if the topic score did not drop and the control score fell by at most `margin`."""
+    tb, ta = before.get("topic"), after.get("topic")
+    cb, ca = before.get("control"), after.get("control")
+    if tb is not None and ta is not None and ta < tb:
+        return False, f"held-out score dropped from {tb:.2f} to {ta:.2f}"
+    if cb is not None and ca is not None and ca < cb - margin - 1e-9:
+        return False, f"control score fell from {cb:.2f} to {ca:.2f} (allowed margin {margin:.2f})"
+    if tb is None or ta is None:
+        return True, "no held-out quiz items yet; control score held"
+    return True, f"held-out score {tb:.2f} → {ta:.2f}; control {cb:.2f} → {ca:.2f}"
+
+
+async def evaluate(app: AppContext, student: str, base_dir: str, before: str | None, after: str | None,
+                   run_dir: Path) -> dict[str, Any] | None:
+    """Quiz the active adapter (or base) and the candidate in a subprocess; None if it failed."""
+    items = await app.store.call(heldout_items, student)
+    items += [{**c, "id": f"control-{i}", "split": "control"} for i, c in enumerate(quiz_items.control_set())]
+    job = {"base_model": base_dir, "variants": {"before": before, "after": after},
+           "system": prompts.ask(app.models.spec(student).display_name)[0]["content"], "items": items}
+    await asyncio.to_thread((run_dir / "eval.json").write_text, json.dumps(job, indent=2), "utf-8")
+    run = await run_module("trainer.evaluate", ["--job", str(run_dir / "eval.json")])
+    if run.returncode != 0 or run.last.get("event") != "done":
+        log.error("evaluation for %s failed: %s", student, run.failure_reason())
+        return None
+    results = run.last["results"]
+    await asyncio.to_thread((run_dir / "eval_results.json").write_text, json.dumps(results, indent=2), "utf-8")
+    return {k: {"topic": r["topic"], "control": r["control"]} for k, r in results.items()}
+
+
+def heldout_items(db: Any, student: str) -> list[dict[str, Any]]:
+    """Held-out items of every approved lesson the student took part in."""
+    return fetch_all(
+        db,
+        "SELECT q.id, q.question, q.answer, q.keywords, 'heldout' AS split FROM quiz_items q JOIN lessons l ON l.id = q.lesson_id"
+        " WHERE q.split = 'heldout' AND l.approved = 1 AND EXISTS (SELECT 1 FROM lesson_participants p"
+        " WHERE p.lesson_id = l.id AND p.model = ? AND p.role = 'student') ORDER BY q.id",
+        [student],
+    )
+
+
+async def ensure_quiz_items(app: AppContext, lessons: list[dict[str, Any]]) -> None:
+    """Have each lesson's teacher write held-out items for lessons that have none yet."""
+    from storage import lessons as lq
+
+    for lesson in lessons:
+        have = await app.store.call(lambda db, i=lesson["id"]: db.execute(
+            "SELECT COUNT(*) FROM quiz_items WHERE lesson_id = ? AND split = 'heldout'", [i]).fetchone()[0])
+        if have:
+            continue
+        people = await app.store.call(lq.participants, lesson["id"])
+        teacher = next((p.model for p in people if p.role == "teacher"), None)
+        if teacher is None or teacher not in app.models.specs:
+            continue
+        full = await app.store.call(lq.get_lesson, lesson["id"])
+        material = await app.store.call(lesson_material, full)
+        try:
+            written = await quiz_items.write_items(app.models.get(teacher), app.models.spec(teacher).display_name,
+                                                   lesson["topic"], material)
+        except Exception as e:  # no quiz items means the gate relies on the control set; say so, go on
+            log.warning("teacher %s could not write quiz items for lesson %s: %s", teacher, lesson["id"], e)
+            continue
+        await app.store.call(store_items, lesson["id"], lesson["topic"], written)
+
+
+def lesson_material(db: Any, lesson: dict[str, Any]) -> list[tuple[str, str]]:
+    """(title, notes) per section: the source's text when grounded, else what the teacher said."""
+    from storage import lessons as lq
+
+    taught = {t["section"] for t in lq.turns(db, lesson["id"])}
+    out = []
+    for i, section in enumerate(lesson["syllabus"]):
+        if i not in taught:
+            continue
+        notes = section.get("text") or "\n".join(
+            t["content"] for t in lq.turns(db, lesson["id"]) if t["section"] == i and t["role"] == "teacher")
+        out.append((section["title"], notes))
+    return out
+
+
+def store_items(db: Any, lesson_id: int, topic: str, written: list[dict[str, str]]) -> None:
+    """Save teacher-written items as held-out for this lesson."""
+    from storage import now
+
+    for item in written:
+        db.execute("INSERT INTO quiz_items (lesson_id, topic, question, answer, split, created_at)"
+                   " VALUES (?, ?, ?, ?, 'heldout', ?)", [lesson_id, topic, item["question"], item["answer"], now()])
+
+
+async def resolve_base(app: AppContext, student: str) -> str:
+    """The plain model directory of the student's base model (converting a GGUF once, off the loop)."""
+    from backends.bundled import resolve_model_dir
+
+    spec = app.models.spec(student)
+    return str(await asyncio.to_thread(resolve_model_dir, spec.path or "", app.settings.cache_dir))
+
+
+async def sync_student(app: AppContext, student: str) -> None:
+    """Make the live student speak with its active adapter (no restart; in-flight requests finish first)."""
+    if app.models.is_built(student):  # a CLI process has no live student to swap; the bot syncs on next use
+        await app.models.backend(student)
+
+
+async def rollback(app: AppContext, student: str, version: int | None) -> dict[str, Any] | None:
+    """Switch the live adapter to an earlier version (None: the base model); returns the now-active row."""
+    if version is None:
+        await app.store.call(tq.deactivate, student)
+    else:
+        row = await app.store.call(tq.adapter_by_version, student, version)
+        if row is None or row["status"] == "deleted" or not await asyncio.to_thread(Path(row["path"]).is_dir):
+            raise ValueError(f"{student} has no adapter v{version} on disk")
+        await app.store.call(tq.activate_adapter, row["id"])
+    await sync_student(app, student)
+    return await app.store.call(tq.active_adapter, student)
+
+
+def prune_adapters(db: Any, student: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` adapter directories (never the active one); return what was removed."""
+    removed = []
+    rows = [a for a in tq.adapters(db, student) if a["status"] not in ("active", "deleted")]
+    for row in rows[: max(0, len(rows) - keep)]:
+        shutil.rmtree(row["path"], ignore_errors=True)
+        tq.set_adapter_status(db, row["id"], "deleted")
+        removed.append(row["path"])
+    return removed
+
+
+def _record_lessons(db: Any, run_id: int, lesson_ids: list[int], sources: dict[str, float]) -> None:
+    db.execute("UPDATE training_runs SET lesson_ids = ?, sources = ? WHERE id = ?",
+               [json.dumps(lesson_ids), json.dumps(sources), run_id])
+
+
+def _teacher_shares(examples: list[dict[str, Any]]) -> dict[str, float]:
+    """Which teachers' turns the run trains on, as shares of trained characters (provenance)."""
+    counts: dict[str, int] = {}
+    for ex in examples:
+        for m in ex["messages"]:
+            if m["role"] == "assistant" and m.get("train"):
+                counts[m.get("speaker", "?")] = counts.get(m.get("speaker", "?"), 0) + len(m["content"])
+    total = sum(counts.values()) or 1
+    return {k: round(c / total, 4) for k, c in sorted(counts.items())}
+
+
+def _safe(progress: Progress | None) -> Progress:
+    async def call(event: dict[str, Any]) -> None:
+        if progress is None:
+            return
+        try:
+            result = progress(event)
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:  # a report message that fails to edit must not fail the run
+            log.exception("training progress callback failed")
+
+    return call
