@@ -59,6 +59,7 @@ def _words_to_numbers(tokens: list[str]) -> list[str]:
     out: list[str] = []
     value: int | None = None
     current = 0
+    previous = ""
     for tok in tokens:
         if tok in _UNITS or tok in _TENS:
             current += _UNITS.get(tok, 0) + _TENS.get(tok, 0)
@@ -68,13 +69,14 @@ def _words_to_numbers(tokens: list[str]) -> list[str]:
             if _SCALES[tok] >= 1000:
                 value += current
                 current = 0
-        elif tok == "and" and value is not None:
-            continue
+        elif tok == "and" and value is not None and previous in _SCALES:
+            pass  # "one hundred and five" is one number; "twenty and five" is two
         else:
             if value is not None:
                 out.append(str(value + current))
                 value, current = None, 0
             out.append(_ORDINALS.get(tok, tok))
+        previous = tok
     if value is not None:
         out.append(str(value + current))
     return out

@@ -74,7 +74,10 @@ def start_scheduler(cfg: TrainingSettings, jobs_db: Path, runner: NightlyRunner)
 
 
 def stop_scheduler(scheduler: AsyncIOScheduler) -> None:
-    """Shut the scheduler down without waiting for a running job (its subprocess is killed by its owner)."""
+    """Shut the scheduler down without waiting for a running job (its subprocess is killed by its owner).
+
+    AsyncIOScheduler completes the shutdown on the loop's next iteration.
+    """
     global _runner
     if scheduler.running:
         scheduler.shutdown(wait=False)
