@@ -58,19 +58,34 @@ class ModelRegistry:
             raise ConfigError(f"unknown model '{name}' (known: {', '.join(self.names()) or 'none'})") from None
 
     def get(self, name: str) -> ChatBackend:
-        """The backend serving `name`, built on first use."""
+        """An already-built backend, or an API backend built now. Local models need `await backend(name)`."""
         if name not in self._backends:
-            self._backends[name] = self._build(self.spec(name))
+            spec = self.spec(name)
+            if spec.backend != "openai":
+                raise RuntimeError(f"local model '{name}' must be built with `await registry.backend(name)`")
+            self._backends[name] = self._build_api(spec)
         return self._backends[name]
 
     async def backend(self, name: str) -> ChatBackend:
-        """The backend for `name`, with a student's live adapter brought in line with the registry first.
+        """The backend for `name`, built on first use, with a student's adapter brought in line first.
 
-        So an adapter promoted or rolled back by another process (the CLI, a training run)
-        is used by the very next request, without a restart.
+        Local models are loaded off the event loop and share one host (one copy of the weights)
+        per base model. Syncing the adapter on every request means one promoted or rolled back
+        by another process (the CLI, a training run) is used by the very next request, without
+        a restart.
         """
-        backend = self.get(name)
         spec = self.spec(name)
+        if name not in self._backends:
+            if spec.backend == "openai":
+                self._backends[name] = self._build_api(spec)
+            else:
+                from backends.local import HostPool
+
+                if self._pool is None:
+                    self._pool = HostPool(self.cache_dir)
+                adapter = spec.name if spec.trainable else None
+                self._backends.setdefault(name, await self._pool.backend_for(spec, adapter_name=adapter))
+        backend = self._backends[name]
         if self.adapter_source is not None and spec.trainable and spec.backend == "local":
             await self.sync_adapter(name, await self.adapter_source(name))
         return backend
@@ -90,21 +105,14 @@ class ModelRegistry:
             seed=g.seed,
         )
 
-    def _build(self, spec: ModelSpec) -> ChatBackend:
-        if spec.backend == "openai":
-            from backends.openai_backend import OpenAIBackend
+    def _build_api(self, spec: ModelSpec) -> ChatBackend:
+        from backends.openai_backend import OpenAIBackend
 
-            return OpenAIBackend(spec, env=self.env)
-        from backends.local import HostPool, LocalBackend
-
-        if self._pool is None:
-            self._pool = HostPool(cache_dir=self.cache_dir)
-        host = self._pool.get(spec.path or "", device=spec.device, dtype=spec.dtype)
-        return LocalBackend(spec, host, adapter_name=spec.name if spec.trainable else None)
+        return OpenAIBackend(spec, env=self.env)
 
     async def set_adapter(self, student: str, path: Path | str | None) -> None:
         """Swap a student's live adapter (None: base weights). Requests in flight finish on the old one."""
-        backend = self.get(student)
+        backend = await self.backend(student) if student not in self._backends else self._backends[student]
         host = getattr(backend, "host", None)
         if host is None:
             raise ConfigError(f"model '{student}' is not a local model; it has no adapters")
@@ -136,9 +144,11 @@ class ModelRegistry:
         return "LLM" if count >= LARGE_PARAMS else "SLM"
 
     async def aclose(self) -> None:
-        """Close every backend that was built."""
+        """Close every backend that was built, then the shared local model hosts."""
         for backend in self._backends.values():
             try:
                 await backend.aclose()
             except Exception:  # closing must go on for the others; log what failed
                 log.exception("closing model backend %s failed", backend.name)
+        if self._pool is not None:
+            await self._pool.aclose()

@@ -249,7 +249,7 @@ async def ensure_quiz_items(app: AppContext, lessons: list[dict[str, Any]]) -> N
         full = await app.store.call(lq.get_lesson, lesson["id"])
         material = await app.store.call(lesson_material, full)
         try:
-            written = await quiz_items.write_items(app.models.get(teacher), app.models.spec(teacher).display_name,
+            written = await quiz_items.write_items(await app.models.backend(teacher), app.models.spec(teacher).display_name,
                                                    lesson["topic"], material)
         except Exception as e:  # no quiz items means the gate relies on the control set; say so, go on
             log.warning("teacher %s could not write quiz items for lesson %s: %s", teacher, lesson["id"], e)

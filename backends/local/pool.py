@@ -1,0 +1,70 @@
+"""HostPool: one LocalModelHost per set of weights, so a teacher and a student on the same base share memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from backends.base import BackendError
+from backends.bundled import resolve_model_dir
+from backends.local.backend import LocalBackend
+from backends.local.host import LocalModelHost, resolve_device, resolve_dtype
+from settings import ModelSpec
+
+
+class HostPool:
+    """The app's local model hosts, keyed by (model directory, device, dtype).
+
+    The app creates one pool, asks it for hosts or backends, and closes it on shutdown,
+    which closes every host.
+    """
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = Path(cache_dir)
+        self._hosts: dict[tuple[str, str, str], LocalModelHost] = {}
+        # One resolution at a time, so two specs on the same GGUF wait for one conversion.
+        self._resolving = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def get(self, model_dir: str, device: str = "auto", dtype: str = "auto") -> LocalModelHost:
+        """The host for already-resolved weights, created (not loaded) on first request.
+
+        With 'auto' device or dtype this asks torch about the GPU; prefer `host_for` on the event loop.
+        """
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        key = (os.path.realpath(model_dir) if os.path.isdir(model_dir) else model_dir, device, dtype)
+        host = self._hosts.get(key)
+        if host is None or host.closing:
+            host = self._hosts[key] = LocalModelHost(key[0], device=device, dtype=dtype)
+        return host
+
+    async def host_for(self, spec: ModelSpec) -> LocalModelHost:
+        """The host for a local ModelSpec, converting a GGUF first if needed. Raises BackendError."""
+        if spec.backend != "local" or not spec.path:
+            raise BackendError(spec.name, "is not a local model")
+        async with self._resolving:
+            try:
+                model_dir, device, dtype = await asyncio.to_thread(_resolve, spec, self.cache_dir)
+            except Exception as e:
+                raise BackendError(spec.name, f"cannot prepare {spec.path}: {e}") from e
+            return self.get(model_dir, device, dtype)
+
+    async def backend_for(self, spec: ModelSpec, adapter_name: str | None = None) -> LocalBackend:
+        """A LocalBackend for `spec` on its shared host; `adapter_name` is the student's adapter, None for base weights."""
+        return LocalBackend(spec, await self.host_for(spec), adapter_name)
+
+    async def aclose(self) -> None:
+        """Close every host and forget them."""
+        hosts, self._hosts = list(self._hosts.values()), {}
+        await asyncio.gather(*(h.aclose() for h in hosts))
+
+
+def _resolve(spec: ModelSpec, cache_dir: Path) -> tuple[str, str, str]:
+    assert spec.path is not None
+    model_dir = resolve_model_dir(spec.path, cache_dir)
+    device = resolve_device(spec.device)
+    return model_dir, device, resolve_dtype(spec.dtype, device)
