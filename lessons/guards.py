@@ -50,6 +50,9 @@ def is_echo(reply: str, previous: list[str], threshold: float = 0.9) -> bool:
         p = _normalise(prev)
         if p and (norm == p or difflib.SequenceMatcher(None, norm, p).ratio() >= threshold):
             return True
+        # parroting the teacher's own question back is an echo; repeating a fact it taught is an answer
+        if reply.rstrip().endswith("?") and len(norm) >= 12 and norm in p:
+            return True
     return False
 
 

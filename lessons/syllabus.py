@@ -61,7 +61,10 @@ def sections_from_plan(plan: str, topic: str, minimum: int = 3) -> list[Section]
         m = _LIST_ITEM.match(line)
         if m:
             point = re.sub(r"[*_`#]", "", m.group(1)).strip(" .:-")
-            if 3 <= len(point) <= 160 and point.lower() not in (p.lower() for p in points):
+            head = point.split(":", 1)[0].strip()
+            point = head if len(head) >= 3 else point  # "Basics: a long gloss…" → "Basics"
+            point = point if len(point) <= 80 else point[:80].rsplit(" ", 1)[0] + "…"
+            if len(point) >= 3 and point.lower() not in (p.lower() for p in points):
                 points.append(point)
     for generic in GENERIC_POINTS:
         if len(points) >= minimum:

@@ -73,6 +73,20 @@ def test_long_sections_are_split_and_nothing_is_dropped():
     assert all(len(s.text) <= 500 for s in sections)
 
 
+def test_plan_titles_are_short():
+    plan = "1. The Basics: stock market fundamentals and how it works can be overwhelming at first\n2. " + "word " * 40
+    titles = [s.title for s in sections_from_plan(plan, "stocks")]
+    assert titles[0] == "The Basics" and len(titles[1]) <= 81
+
+
+def test_echo_detects_a_repeated_sentence():
+    from lessons.guards import is_echo
+
+    assert is_echo("What's your next question?", ["I'm glad to help! What's your next question?"])
+    assert not is_echo("A share is part of a company.", ["What is a share? Think about ownership."])
+    assert not is_echo("The gate code is 4471.", ["The gate code is 4471. What is the gate code?"])
+
+
 def test_plan_parsing_pads_a_poor_plan():
     assert [s.title for s in sections_from_plan(PLAN, "stocks")] == ["What a share is", "How prices move", "Dividends"]
     assert len(sections_from_plan("I don't know", "stocks")) == 3
