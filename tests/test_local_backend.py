@@ -15,26 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
 
 import backends.bundled as bundled
 from backends.base import BackendError, ChatBackend, GenParams, Message, Usage
 from backends.local import AdapterError, HostPool, LocalBackend, LocalModelHost
 from backends.local.generation import SeededSampler, TextTracker
 from settings import BUNDLED_MODEL, ModelSpec
+from tests.tiny import build_tiny_model, make_lora
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 CAPITAL: list[Message] = [{"role": "user", "content": "What is the capital of France?"}]
 HELLO: list[Message] = [{"role": "user", "content": "Say hello in three languages."}]
 GREEDY = GenParams(max_new_tokens=16, temperature=0.0)
@@ -43,21 +31,6 @@ GREEDY = GenParams(max_new_tokens=16, temperature=0.0)
 def spec(name: str = "smol", path: str = BUNDLED_MODEL, **generation: object) -> ModelSpec:
     gen = {"max_new_tokens": 16, "temperature": 0.0, **generation}
     return ModelSpec(name=name, backend="local", path=path, device="cpu", generation=gen)
-
-
-def make_lora(model_dir: str, out: Path, *, seed: int = 0, std: float = 0.05) -> Path:
-    """A random LoRA adapter for the model in `model_dir`, built without materialising the base weights."""
-    with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    peft_model.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    for name, p in peft_model.named_parameters():
-        if "lora_" in name:  # lora_B starts at zero; random values make the adapter change the output
-            with torch.no_grad():
-                p.normal_(0.0, std, generator=g)
-    peft_model.save_pretrained(out)
-    return out
 
 
 # ---------------------------------------------------------------- text tracking (no model)
@@ -182,37 +155,7 @@ def test_pool_shares_one_host_per_weights_device_and_dtype(tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer random Llama over bytes; it has no end-of-turn token, so it always runs to max_new_tokens."""
-    out = tmp_path_factory.mktemp("tiny")
-    raw = Tokenizer(
-        models.BPE(
-            vocab={ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}, merges=[]
-        )
-    )
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    raw.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<|im_start|>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_end|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(out)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=None,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return str(out)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
