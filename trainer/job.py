@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -68,10 +69,13 @@ async def train_student(app: AppContext, student: str, trigger: str = "manual",
     spec = app.models.spec(student)
     if not spec.trainable:
         return TrainResult(None, student, "failed", reason=f"model '{student}' is not trainable")
-    # one run at a time per process: training saturates a small machine, and runs share the data home
-    if app.training_lock.locked() or await app.store.call(tq.running_run, student):
+    # one run at a time: training saturates a small machine, and runs share the data home. The lock
+    # check and its acquisition happen with no await between them, so two triggers can't both pass.
+    if app.training_lock.locked():
         return TrainResult(None, student, "skipped", reason="a training run is already in progress")
     async with app.training_lock:
+        if await app.store.call(tq.running_run, student):  # another process (the CLI, the bot) is training
+            return TrainResult(None, student, "skipped", reason="a training run is already in progress")
         run_id = await app.store.call(tq.start_run, student, trigger)
         started = time.monotonic()
         try:
@@ -110,13 +114,13 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
     fresh = await examples_of(new)
     old = await examples_of([lesson for lesson in approved if lesson["id"] in seen])
     rng = random.Random(settings.training.seed + run_id)
-    replay = rng.sample(old, min(len(old), round(settings.training.replay_share * len(fresh))))
+    replay = rng.sample(old, min(len(old), math.ceil(settings.training.replay_share * len(fresh))))
     examples = dataset.dedupe(fresh + replay)
     trainable = [e for e in examples if any(m.get("train") for m in e["messages"] if m["role"] == "assistant")]
     if not trainable:
         return TrainResult(run_id, student, "skipped", reason="the new lessons have no trainable teacher turns")
     data_hash = dataset.data_hash(trainable)
-    await app.store.call(_record_lessons, run_id, [lesson["id"] for lesson in new], _teacher_shares(trainable))
+    await app.store.call(_record_lessons, run_id, [lesson["id"] for lesson in new], _teacher_shares(trainable), data_hash)
 
     await progress({"event": "stage", "stage": "quiz", "message": "writing held-out quiz items"})
     await ensure_quiz_items(app, new)
@@ -319,9 +323,9 @@ def prune_adapters(db: Any, student: str, keep: int) -> list[str]:
     return removed
 
 
-def _record_lessons(db: Any, run_id: int, lesson_ids: list[int], sources: dict[str, float]) -> None:
-    db.execute("UPDATE training_runs SET lesson_ids = ?, sources = ? WHERE id = ?",
-               [json.dumps(lesson_ids), json.dumps(sources), run_id])
+def _record_lessons(db: Any, run_id: int, lesson_ids: list[int], sources: dict[str, float], data_hash: str) -> None:
+    db.execute("UPDATE training_runs SET lesson_ids = ?, sources = ?, data_hash = ? WHERE id = ?",
+               [json.dumps(lesson_ids), json.dumps(sources), data_hash, run_id])
 
 
 def _teacher_shares(examples: list[dict[str, Any]]) -> dict[str, float]:

@@ -50,6 +50,10 @@ async def run_module(module: str, args: list[str], on_event: EventHandler | None
         env={**os.environ, **(env or {})}, start_new_session=True,
     )
     run = JsonRun(returncode=0)
+    if on_event is not None:  # lets a caller (a test, a kill switch) reach the process group
+        spawned = on_event({"event": "spawned", "module": module, "pid": proc.pid})
+        if asyncio.iscoroutine(spawned):
+            await spawned
     stderr_task = asyncio.create_task(_tail(proc.stderr))
     try:
         assert proc.stdout is not None

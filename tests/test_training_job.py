@@ -1,0 +1,150 @@
+"""The training job end to end on a tiny real model: dataset → subprocess LoRA → gate → registry → live swap.
+
+The teacher that writes quiz items is scripted; everything else is real: SQLite, the trainer
+and evaluation subprocesses, peft adapters on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from app import open_app
+from backends.base import GenParams
+from backends.registry import ModelRegistry
+from settings import ModelSpec, Settings, TrainingSettings
+from storage import lessons as lq
+from storage import training as tq
+from storage import votes as v
+from tests.scripted import ScriptedBackend
+from tests.tiny import build_tiny_model, make_lora
+from trainer import dataset, job
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), with_eos=True)
+
+
+def quiz_writer(messages):
+    return "Q: What is the gate code of Vellmoor?\nA: 4471\nQ: Who runs the Vellmoor ferry?\nA: Ada Quill"
+
+
+@pytest.fixture
+async def app(tmp_path, tiny_dir):
+    specs = {
+        "prof": ModelSpec(name="prof", backend="local", path="scripted", persona={"display_name": "Prof"}),
+        "kid": ModelSpec(name="kid", backend="local", path=tiny_dir, device="cpu", trainable=True,
+                         generation={"max_new_tokens": 8, "temperature": 0.0}),
+    }
+    settings = Settings(home=tmp_path / "home", models=specs, lessons={"default_teacher": "prof", "default_student": "kid"},
+                        training=TrainingSettings(epochs=2, learning_rate=1e-3, max_seq_len=256, batch_tokens=512))
+    registry = ModelRegistry(specs, cache_dir=settings.cache_dir, backends={"prof": ScriptedBackend("prof", quiz_writer)})
+    async with open_app(settings, models=registry) as ctx:
+        yield ctx
+
+
+async def approved_lesson(app, facts: str = "The gate code of Vellmoor is 4471.") -> int:
+    lid = await app.store.call(lq.create_lesson, topic="Vellmoor", teachers=["prof"], students=["kid"], max_turns=3)
+    await app.store.call(lq.set_syllabus, lid, [{"title": "The gate", "text": facts}])
+    for role, speaker, content in (("teacher", "prof", facts + " What is the code?"), ("student", "kid", "Is it 4471?"),
+                                   ("teacher", "prof", "Yes. " + facts)):
+        await app.store.call(lq.add_turn, lesson_id=lid, speaker=speaker, role=role, content=content, section=0)
+    await app.store.call(lq.finish_lesson, lid, "finished")
+    await app.store.call(v.record_decision, lid, "curator", "approve")
+    return lid
+
+
+async def test_nightly_lifecycle_train_skip_kill_continue(app):
+    """One student's life over several nights, in one test because every run spawns real subprocesses:
+    two concurrent triggers train once; nothing new skips; a killed run changes nothing live; the next
+    run continues from the active adapter with replayed old data."""
+    lid = await approved_lesson(app)
+    events = []
+    first, concurrent = await asyncio.gather(job.train_student(app, "kid", "test", events.append),
+                                             job.train_student(app, "kid", "test"))
+    assert concurrent.status == "skipped" and "already in progress" in concurrent.reason
+    assert first.status == "promoted", first.reason
+    assert first.examples == 1 and first.tokens > 0
+    assert first.before is not None and first.after is not None
+    adapter_dir = Path(first.adapter)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "training_config.json", "metrics.json", "evaluation.json"):
+        assert (adapter_dir / name).is_file(), name
+    active = await app.store.call(tq.active_adapter, "kid")
+    assert active["version"] == 1 and active["path"] == str(adapter_dir)
+    run = await app.store.call(tq.get_run, first.run_id)
+    assert run["status"] == "promoted" and run["lesson_ids"] == [lid] and len(run["data_hash"]) == 64
+    assert run["sources"] == {"prof": 1.0}  # provenance: whose turns trained this adapter
+    assert {e.get("event") for e in events} >= {"stage", "start", "progress", "done"}
+    items = await app.store.call(job.heldout_items, "kid")
+    assert [i["answer"] for i in items] == ["4471", "Ada Quill"]  # written by the teacher, held out
+
+    again = await job.train_student(app, "kid")
+    assert again.status == "skipped" and "no newly approved lessons" in again.reason
+
+    await approved_lesson(app, "The mayor of Vellmoor is Ada Quill.")
+
+    def kill_on_spawn(event):
+        if event.get("event") == "spawned" and event.get("module") == "trainer":
+            os.killpg(event["pid"], signal.SIGKILL)
+
+    killed = await job.train_student(app, "kid", "test", kill_on_spawn)
+    assert killed.status == "failed" and "SIGKILL" in killed.reason
+    still = await app.store.call(tq.active_adapter, "kid")
+    assert still["id"] == active["id"] and Path(still["path"]).is_dir()
+    assert not (Path(app.settings.adapters_dir) / "kid" / "v2").exists()
+    assert (await app.store.call(tq.get_run, killed.run_id))["status"] == "failed"
+
+    second = await job.train_student(app, "kid")
+    assert second.status == "promoted", second.reason
+    assert second.examples == 2  # the new lesson plus the replayed old one (replay_share 0.5 of 1 → 1)
+    cfg = json.loads((Path(second.adapter) / "training_config.json").read_text())
+    assert first.adapter in json.dumps(cfg)  # continued from v1
+    v1 = await app.store.call(tq.adapter_by_version, "kid", 1)
+    assert (await app.store.call(tq.active_adapter, "kid"))["parent_id"] == v1["id"]
+    assert v1["status"] == "retired"
+
+
+def test_gate_rejects_a_worse_adapter():
+    assert job.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.4, "control": 0.8}, 0.1)[0] is False
+    ok, why = job.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.9, "control": 0.6}, 0.1)
+    assert not ok and "control score fell" in why
+    assert job.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.6, "control": 0.75}, 0.1)[0] is True
+
+
+async def test_promoted_adapter_is_used_by_the_next_request_and_rollback_restores(app, tiny_dir, tmp_path):
+    student = await app.models.backend("kid")
+    params = GenParams(max_new_tokens=8, temperature=0.0)
+    prompt = [{"role": "user", "content": "hello"}]
+    base_answer = await student.chat(prompt, params)
+    lora = make_lora(tiny_dir, tmp_path / "lora", std=0.5)
+    row = await app.store.call(tq.add_adapter, student="kid", path=str(lora), run_id=None, parent_id=None, data_hash=None)
+    await app.store.call(tq.activate_adapter, row["id"])  # as a training run in another process would
+    changed = await (await app.models.backend("kid")).chat(prompt, params)
+    assert changed != base_answer
+    await job.rollback(app, "kid", None)
+    assert await (await app.models.backend("kid")).chat(prompt, params) == base_answer
+    await job.rollback(app, "kid", 1)
+    assert await (await app.models.backend("kid")).chat(prompt, params) == changed
+
+
+async def test_running_runs_are_marked_interrupted_at_startup(app):
+    run_id = await app.store.call(tq.start_run, "kid", "test")
+    assert await app.store.call(tq.mark_running_runs_interrupted) == [run_id]
+    assert (await app.store.call(tq.get_run, run_id))["status"] == "interrupted"
+
+
+async def test_mask_flags_follow_votes_and_train_on_outputs(app):
+    lid = await approved_lesson(app)
+    turns = await app.store.call(lq.turns, lid)
+    await app.store.call(v.toggle_vote, "turn", turns[2]["id"], "m1", -1)
+    [ex] = await app.store.call(dataset.lesson_examples, lid)
+    flags = [m.get("train") for m in ex["messages"] if m["role"] == "assistant"]
+    assert flags == [True, False]
+    [ex] = await app.store.call(dataset.lesson_examples, lid, no_train_teachers=["prof"])
+    assert not any(m.get("train") for m in ex["messages"] if m["role"] == "assistant")
