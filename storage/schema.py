@@ -140,4 +140,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE training_runs ADD COLUMN lesson_ids TEXT;
     ALTER TABLE training_runs ADD COLUMN sources TEXT;
     """,
+    # 3: Discord bookkeeping. Which messages show a turn or a lesson (so a reaction on any part of a
+    # split turn counts, and its vote buttons can be refreshed), and notices told to a server once.
+    """
+    CREATE TABLE discord_messages (
+        message_id INTEGER PRIMARY KEY,
+        target_type TEXT NOT NULL CHECK (target_type IN ('turn','lesson','answer')),
+        target_id INTEGER NOT NULL,
+        channel_id INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX discord_messages_target ON discord_messages(target_type, target_id);
+    CREATE TABLE guild_notices (
+        guild_id INTEGER NOT NULL,
+        notice TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (guild_id, notice)
+    );
+    """,
 ]

@@ -1,0 +1,1 @@
+"""Pieces shared by the extensions: bot options, personas, streaming, text splitting, lesson cards."""

@@ -1,0 +1,11 @@
+"""Lessons in Discord: /lesson start, stop, list and show; turns streamed by the teacher and student personas."""
+
+from discord.ext import commands
+
+from plugins.common.context import app_of, options_of
+from plugins.lessons._cog import LessonsCog
+
+
+async def setup(bot: commands.Bot) -> None:
+    """Add the /lesson commands."""
+    await bot.add_cog(LessonsCog(bot, app_of(bot), options_of(bot)))
