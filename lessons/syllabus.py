@@ -110,13 +110,13 @@ def _split_long(para: str, max_chars: int) -> list[str]:
     return out
 
 
-def _merge_tiny(sections: list[Section], min_chars: int = 120) -> list[Section]:
+def _merge_tiny(sections: list[Section], min_chars: int = 60) -> list[Section]:
     """Fold sections with almost no text into the next one, so no turn is spent on a bare heading."""
     merged: list[Section] = []
     carry: Section | None = None
     for s in sections:
         if carry is not None:
-            s = Section(title=carry.title, text=f"{carry.text}\n\n{s.text}".strip())
+            s = Section(title=f"{carry.title} / {s.title}", text=f"{carry.text}\n\n{s.text}".strip())
             carry = None
         if len(s.text) < min_chars and s is not sections[-1]:
             carry = s
