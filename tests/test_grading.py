@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quiz.grading import grade_reference, normalise
-from quiz.items import control_set, parse_items
+from quiz.items import cloze_items, control_set, is_grounded, parse_items
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,15 @@ def test_parse_items_reads_pairs_and_skips_junk():
 def test_control_set_ships_with_the_package():
     items = control_set()
     assert len(items) >= 10 and all(i["keywords"] for i in items)
+
+
+def test_items_whose_answer_is_not_in_the_notes_are_hallucinations():
+    notes = "The ferry leaves at 7 o'clock and the crossing takes 40 minutes. The lighthouse is the Tallow Lamp."
+    assert is_grounded("40 minutes", notes) and is_grounded("the Tallow Lamp", notes)
+    assert not is_grounded("4 hours", notes) and not is_grounded("Ada Quill", notes)
+
+
+def test_cloze_items_blank_the_last_name_or_number_of_each_sentence():
+    items = cloze_items("The mayor of Vellmoor is Ada Quill. The crossing takes 40 minutes. too short.", "Vellmoor")
+    assert [i["answer"] for i in items] == ["Ada Quill", "40 minutes"]
+    assert items[0]["question"] == "About Vellmoor, fill in the blank: The mayor of Vellmoor is ___?"

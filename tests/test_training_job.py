@@ -82,7 +82,10 @@ async def test_nightly_lifecycle_train_skip_kill_continue(app):
     assert run["sources"] == {"prof": 1.0}  # provenance: whose turns trained this adapter
     assert {e.get("event") for e in events} >= {"stage", "start", "progress", "done"}
     items = await app.store.call(job.heldout_items, "kid")
-    assert [i["answer"] for i in items] == ["4471", "Ada Quill"]  # written by the teacher, held out
+    # the teacher's grounded item is kept; its hallucinated one ("Ada Quill" is not in these notes) is
+    # replaced by a fill-in-the-blank item cut from the notes
+    assert [i["answer"] for i in items] == ["4471", "4471"]
+    assert items[1]["question"].startswith("About Vellmoor, fill in the blank:")
 
     again = await job.train_student(app, "kid")
     assert again.status == "skipped" and "no newly approved lessons" in again.reason
