@@ -28,6 +28,7 @@ from plugins.common.context import NO_MENTIONS, BotOptions
 from plugins.common.errors import ClassroomTree
 from settings import ConfigError, Settings, load_settings
 from storage import lessons as q
+from storage import training as tq
 
 log = logging.getLogger("classroom.bot")
 
@@ -59,11 +60,14 @@ class ClassroomBot(commands.Bot):
         self._resources = AsyncExitStack()
 
     async def setup_hook(self) -> None:
-        """Open the app, mark lessons cut off by the last run as interrupted, load plugins, sync commands."""
+        """Open the app, mark lessons and training runs cut off by the last run as interrupted, load plugins, sync commands."""
         self.app = await self._resources.enter_async_context(open_app(self.settings, models=self._models))
         self.interrupted_at_startup = await self.app.store.call(q.mark_running_interrupted)
         if self.interrupted_at_startup:
             log.info("lessons interrupted by the last shutdown: %s", self.interrupted_at_startup)
+        interrupted_runs = await self.app.store.call(tq.mark_running_runs_interrupted)
+        if interrupted_runs:
+            log.info("training runs interrupted by the last shutdown: %s", interrupted_runs)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if self.sync_guild is not None:

@@ -10,4 +10,5 @@ EXTENSIONS: tuple[str, ...] = (
     "plugins.lessons",  # /lesson start | stop | list | show
     "plugins.ask",  # /ask and chat by mention
     "plugins.models",  # /models
+    "plugins.training",  # /train now | status | history, /student versions | rollback, nightly schedule
 )
