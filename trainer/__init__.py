@@ -1,0 +1,1 @@
+"""Nightly LoRA training of the student: dataset (`data`), loop (`loop`), job entry point (`python -m trainer`)."""

@@ -1,0 +1,280 @@
+"""`python -m trainer --job JOB.json`: one training run in its own process.
+
+The job file:
+
+    {"base_model": "<model dir or hub id>",
+     "dataset": "<dialogues.jsonl>",
+     "output_dir": "<where the finished adapter goes>",
+     "init_adapter": null,                  # or an adapter dir to continue training
+     "device": null,                        # optional: "cpu", "cuda", "cuda:1"; default CUDA if present
+     "config": {"epochs": 3, "learning_rate": 2e-4, ...},   # trainer.loop.TrainConfig fields
+     "meta": {...}}                         # anything; copied to meta.json in the adapter dir
+
+stdout carries one JSON object per line and nothing else (logs go to stderr):
+
+    {"event": "start", "examples": N, "tokens": T, "total_steps": S, ...}
+    {"event": "progress", "step", "total_steps", "loss", "tokens_per_s", "eta_s", "epoch"}  (every step)
+    {"event": "done", "adapter_dir": "...", "metrics": {...}}
+    {"event": "error", "reason": "..."}      (then exit code 1)
+
+The adapter is written to `<output_dir>.tmp-<pid>` and renamed to `output_dir`
+only once complete and fsynced, so a killed run never leaves a half adapter
+where the bot would load it; stale temp dirs are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+log = logging.getLogger("trainer")
+
+Emit = Callable[[dict[str, Any]], None]
+
+JOB_KEYS = {"base_model", "dataset", "output_dir", "init_adapter", "device", "config", "meta"}
+
+
+class JobError(Exception):
+    """The job cannot run; the message is the `reason` of the error event."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop, clean up the temp dir, report."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A parsed job file."""
+
+    base_model: str
+    dataset: Path
+    output_dir: Path
+    config: Any  # trainer.loop.TrainConfig, imported lazily so a bad job fails before torch loads
+    init_adapter: str | None = None
+    device: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def read_job(path: str | Path) -> Job:
+    """Parse and check a job file; raise JobError naming what is wrong."""
+    from trainer.loop import TrainConfig
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(f"job file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise JobError(f"job file {path} is unreadable: {e}") from None
+    if not isinstance(raw, dict):
+        raise JobError("the job file must hold a JSON object")
+    missing = [k for k in ("base_model", "dataset", "output_dir") if not raw.get(k)]
+    unknown = sorted(set(raw) - JOB_KEYS)
+    if missing or unknown:
+        raise JobError(f"job keys missing: {missing or 'none'}; unknown: {unknown or 'none'}")
+    if not isinstance(raw.get("meta") or {}, dict) or not isinstance(raw.get("config") or {}, dict):
+        raise JobError("job config and meta must be objects")
+    try:
+        config = TrainConfig.from_dict(raw.get("config") or {})
+    except (TypeError, ValueError) as e:
+        raise JobError(f"bad config: {e}") from None
+    return Job(
+        base_model=str(raw["base_model"]),
+        dataset=Path(raw["dataset"]),
+        output_dir=Path(os.path.abspath(raw["output_dir"])),
+        config=config,
+        init_adapter=raw.get("init_adapter") or None,
+        device=raw.get("device") or None,
+        meta=raw.get("meta") or {},
+    )
+
+
+def run(job: Job, emit: Emit) -> dict[str, Any]:
+    """Train, write the adapter dir atomically, and return the metrics (with the data hash)."""
+    import peft
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    from trainer import data, loop
+
+    remove_stale_temp_dirs(job.output_dir)
+    if job.output_dir.exists():
+        raise JobError(f"output_dir already exists: {job.output_dir}")
+    if not job.dataset.is_file():
+        raise JobError(f"dataset not found: {job.dataset}")
+    if job.init_adapter and not Path(job.init_adapter, "adapter_config.json").is_file():
+        raise JobError(f"init_adapter is not a PEFT adapter dir: {job.init_adapter}")
+    try:
+        records = data.load_jsonl(job.dataset)
+    except data.DatasetError as e:
+        raise JobError(str(e)) from None
+    unique = data.dedupe(records)
+    tokenizer = AutoTokenizer.from_pretrained(job.base_model)
+    examples, dropped = data.tokenize_dataset(tokenizer, unique, job.config.max_seq_len)
+    if not examples:
+        raise JobError(
+            f"no example has an assistant token to learn ({len(records)} records in {job.dataset})"
+        )
+    rows = data.pack(examples, job.config.row_tokens)
+    total_steps = len(loop.step_plan(len(rows), job.config))
+    tokens = sum(len(e.input_ids) for e in examples)
+    emit({"event": "start", "examples": len(examples), "tokens": tokens, "total_steps": total_steps})
+    log.info(
+        "%d records, %d duplicates, %d without tokens to learn, %d rows",
+        len(records),
+        len(records) - len(unique),
+        dropped,
+        len(rows),
+    )
+
+    device = loop.pick_device(job.device)
+    log.info("device %s, %d threads", device, loop.use_all_cores())
+    model = loop.prepare_model(loop.load_base_model(job.base_model, device), job.config, job.init_adapter)
+    metrics = loop.train(model, rows, job.config, on_progress=lambda p: emit(_progress_event(p)))
+
+    summary = {
+        **dataclasses.asdict(metrics),
+        "data_hash": data.data_hash(unique),
+        "records": len(records),
+        "duplicates": len(records) - len(unique),
+        "dropped": dropped,
+        "examples": len(examples),
+        "rows": len(rows),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+    }
+    training_config = {
+        "base_model": job.base_model,
+        "dataset": str(job.dataset),
+        "output_dir": str(job.output_dir),
+        "init_adapter": job.init_adapter,
+        "device": job.device,
+        "config": dataclasses.asdict(job.config),
+    }
+    tmp = job.output_dir.with_name(f"{job.output_dir.name}.tmp-{os.getpid()}")
+    try:
+        model.save_pretrained(tmp)
+        _write_json(tmp / "training_config.json", training_config)
+        _write_json(tmp / "metrics.json", summary)
+        _write_json(tmp / "meta.json", job.meta)
+        _fsync_tree(tmp)
+        os.rename(tmp, job.output_dir)
+        _fsync_dir(job.output_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def remove_stale_temp_dirs(output_dir: Path) -> None:
+    """Delete `<output_dir>.tmp-<pid>` dirs whose process is gone (a killed earlier run)."""
+    for stale in output_dir.parent.glob(f"{output_dir.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another run with the same output_dir is writing it right now
+        log.info("removing stale temp dir %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _progress_event(p: Any) -> dict[str, Any]:
+    return {
+        "event": "progress",
+        "step": p.step,
+        "total_steps": p.total_steps,
+        "loss": round(p.loss, 5),
+        "tokens_per_s": round(p.tokens_per_s, 1),
+        "eta_s": round(p.eta_s, 1),
+        "epoch": round(p.epoch, 3),
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A rename is only durable once the directory holding the entry is synced.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _claim_stdout() -> TextIO:
+    """Keep the real stdout for events and point fd 1 at stderr, so no library print can corrupt the protocol."""
+    events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    return events
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise Terminated("terminated by SIGTERM")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job named by `--job`; return the exit code (0 done, 1 error)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description="Train a LoRA adapter for the student."
+    )
+    parser.add_argument("--job", required=True, help="path of the job JSON file")
+    args = parser.parse_args(argv)
+    events = _claim_stdout()
+
+    def emit(event: dict[str, Any]) -> None:
+        events.write(json.dumps(event) + "\n")
+        events.flush()
+
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        job = read_job(args.job)
+        metrics = run(job, emit)
+    except (JobError, Terminated) as e:
+        log.error("%s", e)
+        emit({"event": "error", "reason": str(e)})
+        return 1
+    except Exception as e:  # the parent needs a reason line whatever broke; the traceback goes to stderr
+        log.exception("training failed")
+        emit({"event": "error", "reason": f"{type(e).__name__}: {e}"})
+        return 1
+    emit({"event": "done", "adapter_dir": str(job.output_dir), "metrics": metrics})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""The LoRA fine-tuning loop: packed rows in, a trained adapter (still in memory) and metrics out.
+
+Read it top to bottom: config, model preparation, the loop, then the helpers
+that make it fast. Speed on a 2-core CPU comes from three things, each measured:
+no padding (rows are packed), attention computed per example instead of over
+the whole packed row, and logits only where a label is learned. bf16 autocast is
+used where the hardware has bf16 units; on an AVX2-only CPU it was 30x slower
+than float32, so there it is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from trainer.data import IGNORE, PackedRow, block_causal_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run; saved as is next to the adapter."""
+
+    epochs: float = 3.0  # passes over the data; a fraction stops part-way through the last one
+    learning_rate: float = 2e-4  # peak AdamW learning rate, reached after warmup
+    lora_r: int = 16  # LoRA rank (ignored with init_adapter: the adapter keeps its own)
+    lora_alpha: int = 32  # LoRA scale is alpha / r
+    lora_dropout: float = 0.0  # dropout on the LoRA input; 0 lets peft skip the op entirely
+    max_seq_len: int = 1024  # longest example in tokens; longer dialogues are cut at the end
+    batch_tokens: int = 4096  # tokens per optimizer step: one packed row of up to this many
+    seed: int = 0  # seeds torch, random and numpy: same data and config give the same adapter
+    max_steps: int | None = None  # hard cap on optimizer steps (smoke runs, tests)
+    warmup_ratio: float = 0.05  # share of steps spent ramping the learning rate up (at least 1 step)
+    min_lr_ratio: float = 0.1  # cosine decay ends at this share of the peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
+    max_grad_norm: float = 1.0  # gradient clipping; a few odd dialogues cannot blow the adapter up
+    autocast: str = "auto"  # "auto", "bf16" or "off"; auto = bf16 on CUDA and on CPUs with bf16 units
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a job's `config` object; unknown keys are an error, so a typo cannot pass silently."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ValueError on values the loop cannot run with."""
+        if self.epochs <= 0 or self.learning_rate <= 0 or self.lora_r < 1 or self.lora_alpha < 1:
+            raise ValueError("epochs, learning_rate, lora_r and lora_alpha must be positive")
+        if not 0 <= self.lora_dropout < 1 or self.max_seq_len < 8 or self.batch_tokens < 8:
+            raise ValueError("lora_dropout must be in [0, 1); max_seq_len and batch_tokens at least 8")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ValueError('autocast must be "auto", "bf16" or "off"')
+
+    @property
+    def row_tokens(self) -> int:
+        """Capacity of a packed row: the token budget, or one whole example if that is longer."""
+        return max(self.batch_tokens, self.max_seq_len)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the loop reports after each optimizer step."""
+
+    step: int
+    total_steps: int
+    loss: float
+    tokens_per_s: float
+    eta_s: float
+    epoch: float
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """The outcome of a run, written to metrics.json."""
+
+    steps: int
+    tokens: int  # tokens run through the model (no padding exists to inflate it)
+    label_tokens: int  # tokens the loss was taken on
+    first_loss: float
+    final_loss: float  # loss of the last step
+    final_epoch_loss: float  # mean loss of the last pass over the rows: steadier than one step
+    seconds: float
+    tokens_per_s: float
+    device: str
+    autocast: str
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def use_all_cores() -> int:
+    """Give torch every core this process may run on (its default can miss cgroup/affinity limits)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(cores)
+    return cores
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    if requested and requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_base_model(model_dir: str, device: torch.device) -> PreTrainedModel:
+    """Load the frozen base in the dtype that trains fastest on `device`: bf16 on bf16 GPUs, else float32."""
+    bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if bf16_gpu else torch.float32, attn_implementation="sdpa"
+    )
+    return model.to(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator the run touches, so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def prepare_model(base: PreTrainedModel, config: TrainConfig, init_adapter: str | None = None) -> PeftModel:
+    """Wrap `base` with a fresh LoRA adapter, or with `init_adapter` loaded trainable to continue from it.
+
+    LoRA goes on every linear layer of attention and MLP ("all-linear": q, k, v,
+    o, gate, up, down for Llama) but not on the output head.
+    """
+    seed_everything(config.seed)  # the LoRA A matrices start random
+    if init_adapter:
+        model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+        r = model.peft_config["default"].r
+        if r != config.lora_r:
+            log.warning(
+                "init_adapter %s has rank %d; config lora_r=%d is ignored", init_adapter, r, config.lora_r
+            )
+        return model
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def train(
+    model: PeftModel,
+    rows: list[PackedRow],
+    config: TrainConfig,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> TrainMetrics:
+    """Train the adapter of `model` on packed `rows`, one row per optimizer step; return the metrics.
+
+    The loss is the mean cross-entropy over the learned tokens of the row.
+    """
+    if not rows:
+        raise ValueError("nothing to train on: no packed rows")
+    device = next(model.parameters()).device
+    amp = autocast_dtype(device, config.autocast)
+    plan = step_plan(len(rows), config)
+    batches = [_Batch.from_row(row, device) for row in rows]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = max(1, round(config.warmup_ratio * len(plan))) if config.warmup_ratio > 0 else 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, len(plan), warmup, config.min_lr_ratio)
+    )
+
+    model.train()
+    losses: list[float] = []
+    tokens = label_tokens = 0
+    started = time.perf_counter()
+    with packed_attention(model) as per_example:
+        for step, (r, epoch) in enumerate(plan, 1):
+            batch = batches[r]
+            loss = _row_loss(model, batch, amp, per_example)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            losses.append(loss.item())  # also waits for the GPU, so the timing below is honest
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(
+                    f"loss became {losses[-1]} at step {step}; try a lower learning_rate"
+                )
+            tokens += batch.tokens
+            label_tokens += batch.label_tokens
+            elapsed = time.perf_counter() - started
+            if on_progress is not None:
+                eta = elapsed / step * (len(plan) - step)
+                on_progress(Progress(step, len(plan), losses[-1], tokens / elapsed, eta, epoch))
+    model.eval()
+
+    seconds = time.perf_counter() - started
+    last_pass = losses[-min(len(rows), len(losses)) :]
+    return TrainMetrics(
+        steps=len(plan),
+        tokens=tokens,
+        label_tokens=label_tokens,
+        first_loss=losses[0],
+        final_loss=losses[-1],
+        final_epoch_loss=sum(last_pass) / len(last_pass),
+        seconds=seconds,
+        tokens_per_s=tokens / seconds,
+        device=str(device),
+        autocast=str(amp).removeprefix("torch.") if amp else "off",
+    )
+
+
+def step_plan(n_rows: int, config: TrainConfig) -> list[tuple[int, float]]:
+    """(row index, epoch progress) for every step: each epoch visits every row once, in a seeded shuffle."""
+    total = max(1, math.ceil(config.epochs * n_rows))
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    rng = random.Random(config.seed)
+    plan: list[tuple[int, float]] = []
+    epoch = 0
+    while len(plan) < total:
+        order = list(range(n_rows))
+        rng.shuffle(order)
+        plan += [(r, epoch + (k + 1) / n_rows) for k, r in enumerate(order)]
+        epoch += 1
+    return plan[:total]
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate multiplier before optimizer step `step` (0-based): linear warmup, then cosine decay."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast_dtype(device: torch.device, setting: str = "auto") -> torch.dtype | None:
+    """bf16 when asked, or on "auto" where bf16 is native; None means plain float32."""
+    if setting == "off":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes in bf16 (AMX or AVX512-BF16); without it autocast only adds conversions."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+# --- one row -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A packed row as the tensors one step needs, built once before the loop."""
+
+    input_ids: torch.Tensor  # (1, L)
+    position_ids: torch.Tensor  # (1, L)
+    seq_ids: torch.Tensor  # (1, L), for the 4D-mask fallback only
+    predict: torch.Tensor  # (1, L) bool: positions whose next token is learned
+    targets: torch.Tensor  # (n,) the learned tokens, in the order the True positions appear
+    lengths: list[int]  # token count of each example of the row, in order
+
+    @classmethod
+    def from_row(cls, row: PackedRow, device: torch.device) -> _Batch:
+        labels = torch.tensor(row.labels)
+        # Position i predicts token i + 1, so the mask is the labels shifted left by one.
+        predict = torch.cat([labels[1:] != IGNORE, torch.tensor([False])])
+        return cls(
+            input_ids=torch.tensor([row.input_ids], device=device),
+            position_ids=torch.tensor([row.position_ids], device=device),
+            seq_ids=torch.tensor([row.seq_ids], device=device),
+            predict=predict[None].to(device),
+            targets=labels[1:][labels[1:] != IGNORE].to(device),
+            lengths=[e - s for s, e in pairwise(row.bounds)],
+        )
+
+    @property
+    def tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def label_tokens(self) -> int:
+        return self.targets.shape[0]
+
+
+def _row_loss(model: PeftModel, batch: _Batch, amp: torch.dtype | None, per_example: bool) -> torch.Tensor:
+    if per_example:
+        attention: dict[str, Any] = {"segment_lengths": batch.lengths}
+    else:
+        attention = {"attention_mask": block_causal_mask(batch.seq_ids, _mask_dtype(model))}
+    device_type = batch.input_ids.device.type
+    with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
+        # logits_to_keep: the vocabulary projection (a fifth of the model's FLOPs) runs on learned positions only.
+        out = model(
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            logits_to_keep=batch.predict,
+            use_cache=False,
+            **attention,
+        )
+    return F.cross_entropy(out.logits.float().view(-1, out.logits.shape[-1]), batch.targets)
+
+
+def _mask_dtype(model: PeftModel) -> torch.dtype:
+    # sdpa takes a boolean mask; eager attention adds the mask to its scores, so it needs the additive form.
+    if model.get_base_model().config._attn_implementation == "sdpa":
+        return torch.bool
+    return torch.float32
+
+
+# --- attention per example -----------------------------------------------------------------------
+
+PACKED_ATTENTION = "classroom_packed_sdpa"
+"""Name under which `packed_sdpa_attention` is registered with transformers."""
+
+
+def packed_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    segment_lengths: list[int] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal sdpa run separately on each packed example of a one-row batch.
+
+    Same result as a block-diagonal causal mask over the row, but the blocks off
+    the diagonal are never computed. On a 4096-token row of ten dialogues
+    (SmolLM2-135M, 2 CPU cores) attention alone ran 7x faster than masked sdpa,
+    and the whole training step 1.6x faster, to the same loss.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if segment_lengths is None:
+        raise ValueError(f"{PACKED_ATTENTION} needs segment_lengths; switch the model back to sdpa to run it")
+    kwargs.pop("is_causal", None)
+    # split, not slicing: its backward joins the gradients once instead of zero-filling a full-size tensor per example.
+    segments = zip(
+        query.split(segment_lengths, 2),
+        key.split(segment_lengths, 2),
+        value.split(segment_lengths, 2),
+        strict=True,
+    )
+    pieces = [
+        sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0] for q, k, v in segments
+    ]
+    return torch.cat(pieces, dim=1), None  # sdpa_attention_forward returns (batch, seq, heads, dim)
+
+
+@contextlib.contextmanager
+def packed_attention(model: PeftModel) -> Iterator[bool]:
+    """Switch the model to per-example attention for the loop; yield False where it cannot be.
+
+    Only models that route attention through transformers' AttentionInterface
+    honour it; the others get a 4D block-diagonal mask instead (slower, same result).
+    The previous implementation is restored afterwards, so the model generates normally.
+    """
+    base = model.get_base_model()
+    previous = base.config._attn_implementation
+    if not getattr(base, "_supports_attention_backend", False) or previous not in ("sdpa", "eager"):
+        yield False
+        return
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+    base.set_attn_implementation(PACKED_ATTENTION)
+    try:
+        yield True
+    finally:
+        base.set_attn_implementation(previous)
