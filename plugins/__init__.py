@@ -11,4 +11,5 @@ EXTENSIONS: tuple[str, ...] = (
     "plugins.ask",  # /ask and chat by mention
     "plugins.models",  # /models
     "plugins.training",  # /train now | status | history, /student versions | rollback, nightly schedule
+    "plugins.quiz",  # /quiz start | stop, votes and corrections on quiz answers, /student report (after training)
 )

@@ -101,7 +101,8 @@ def _column(label: str, status: str, run_id: int, answers: list[dict[str, Any]],
         if a.get("split", "heldout") == "control":
             col.control = (col.control[0] + right, col.control[1] + 1)
             continue
-        topic = topics.get(a.get("id"), "(item since deleted)") if isinstance(a.get("id"), int) else "(unknown item)"
+        item_id = a.get("id")
+        topic = topics.get(item_id, "(item since deleted)") if isinstance(item_id, int) else "(unknown item)"
         c, t = col.topics.get(topic, (0, 0))
         col.topics[topic] = (c + right, t + 1)
     return col

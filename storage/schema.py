@@ -158,4 +158,55 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (guild_id, notice)
     );
     """,
+    # 4: quiz games in Discord. A game asks questions in rounds; members' and the student's answers
+    # belong to a round; a student answer members voted down, with the teacher's correction, becomes a
+    # candidate training example that a curator approves or rejects.
+    """
+    CREATE TABLE quiz_games (
+        id INTEGER PRIMARY KEY,
+        student TEXT NOT NULL,
+        teacher TEXT NOT NULL,
+        lesson_id INTEGER REFERENCES lessons(id) ON DELETE SET NULL,
+        topic TEXT,
+        questions INTEGER NOT NULL,
+        seconds INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running','finished','interrupted','failed')),
+        started_by TEXT,
+        guild_id INTEGER,
+        channel_id INTEGER,
+        created_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE INDEX quiz_games_channel ON quiz_games(channel_id, status);
+    CREATE TABLE quiz_rounds (
+        id INTEGER PRIMARY KEY,
+        game_id INTEGER NOT NULL REFERENCES quiz_games(id) ON DELETE CASCADE,
+        item_id INTEGER NOT NULL REFERENCES quiz_items(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open','closed')),
+        message_id INTEGER,
+        explanation TEXT,
+        created_at TEXT NOT NULL,
+        closed_at TEXT,
+        UNIQUE (game_id, seq)
+    );
+    ALTER TABLE quiz_answers ADD COLUMN round_id INTEGER REFERENCES quiz_rounds(id) ON DELETE CASCADE;
+    CREATE UNIQUE INDEX quiz_answers_round_answerer ON quiz_answers(round_id, answerer) WHERE round_id IS NOT NULL;
+    CREATE TABLE quiz_corrections (
+        id INTEGER PRIMARY KEY,
+        answer_id INTEGER NOT NULL UNIQUE REFERENCES quiz_answers(id) ON DELETE CASCADE,
+        student TEXT NOT NULL,
+        teacher TEXT NOT NULL,
+        system TEXT NOT NULL,
+        question TEXT NOT NULL,
+        correction TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','approved','rejected')),
+        curator TEXT,
+        decided_at TEXT,
+        message_id INTEGER,
+        channel_id INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX quiz_corrections_student ON quiz_corrections(student, status);
+    """,
 ]
