@@ -209,4 +209,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX quiz_corrections_student ON quiz_corrections(student, status);
     """,
+    # 5: which approved quiz corrections a training run used, like lesson_ids for lessons.
+    """
+    ALTER TABLE training_runs ADD COLUMN correction_ids TEXT;
+    """,
 ]

@@ -60,10 +60,19 @@ def mark_running_runs_interrupted(db: Database) -> list[int]:
 
 def trained_lesson_ids(db: Database, student: str) -> set[int]:
     """Lessons already used by a finished (promoted or rejected) run of this student."""
+    return _trained_ids(db, student, "lesson_ids")
+
+
+def trained_correction_ids(db: Database, student: str) -> set[int]:
+    """Approved quiz corrections already used by a finished run of this student."""
+    return _trained_ids(db, student, "correction_ids")
+
+
+def _trained_ids(db: Database, student: str, column: str) -> set[int]:
     ids: set[int] = set()
     for (raw,) in db.execute(
-        "SELECT lesson_ids FROM training_runs WHERE student = ? AND status IN ('promoted', 'rejected')"
-        " AND lesson_ids IS NOT NULL",
+        f"SELECT {column} FROM training_runs WHERE student = ? AND status IN ('promoted', 'rejected')"
+        f" AND {column} IS NOT NULL",
         [student],
     ).fetchall():
         ids.update(json.loads(raw))
@@ -143,7 +152,7 @@ def set_adapter_status(db: Database, adapter_id: int, status: str, metrics: dict
 
 def _decode_run(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is not None:
-        for key in ("before", "after", "lesson_ids", "sources"):
+        for key in ("before", "after", "lesson_ids", "correction_ids", "sources"):
             if row.get(key):
                 row[key] = json.loads(row[key])
     return row

@@ -60,6 +60,19 @@ async def approved_lesson(app, facts: str = "The gate code of Vellmoor is 4471."
     return lid
 
 
+def approved_correction(db, question: str, correction: str) -> int:
+    """A student's wrong quiz answer, corrected by the teacher and approved by a curator (as /quiz leaves it)."""
+    from storage import now
+
+    item = db.execute("INSERT INTO quiz_items (topic, question, answer, split, created_at) VALUES ('Vellmoor', ?, 'Ada Quill',"
+                      " 'game', ?)", [question, now()]).lastrowid
+    answer = db.execute("INSERT INTO quiz_answers (item_id, answerer, answerer_kind, answer, correct, created_at)"
+                        " VALUES (?, 'kid', 'model', 'Bob', 0, ?)", [item, now()]).lastrowid
+    return db.execute("INSERT INTO quiz_corrections (answer_id, student, teacher, system, question, correction, status,"
+                      " created_at) VALUES (?, 'kid', 'prof', 'You are Kid.', ?, ?, 'approved', ?)",
+                      [answer, question, correction, now()]).lastrowid
+
+
 async def test_nightly_lifecycle_train_skip_kill_continue(app):
     """One student's life over several nights, in one test because every run spawns real subprocesses:
     two concurrent triggers train once; nothing new skips; a killed run changes nothing live; the next
@@ -103,9 +116,14 @@ async def test_nightly_lifecycle_train_skip_kill_continue(app):
     assert not (Path(app.settings.adapters_dir) / "kid" / "v2").exists()
     assert (await app.store.call(tq.get_run, killed.run_id))["status"] == "failed"
 
+    correction = await app.store.call(approved_correction, "Who runs the ferry?", "Ada Quill runs the ferry.")
     second = await job.train_student(app, "kid")
     assert second.status == "promoted", second.reason
-    assert second.examples == 2  # the new lesson plus the replayed old one (replay_share 0.5 of 1 → 1)
+    # the new lesson and the approved quiz correction, plus one replayed old example (ceil(0.5 × 2) → 1)
+    assert second.examples == 3
+    dataset_rows = (app.settings.home / "runs" / str(second.run_id) / "dataset.jsonl").read_text()
+    assert "Ada Quill runs the ferry." in dataset_rows
+    assert (await app.store.call(tq.get_run, second.run_id))["correction_ids"] == [correction]
     cfg = json.loads((Path(second.adapter) / "training_config.json").read_text())
     assert first.adapter in json.dumps(cfg)  # continued from v1
     v1 = await app.store.call(tq.adapter_by_version, "kid", 1)

@@ -26,6 +26,7 @@ from app.context import AppContext
 from lessons import prompts
 from quiz import items as quiz_items
 from storage import fetch_all
+from storage import quiz as quiz_store
 from storage import training as tq
 from storage import votes as v
 from trainer import dataset
@@ -99,10 +100,15 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
     approved = await app.store.call(v.approved_lessons, student=student)
     seen = await app.store.call(tq.trained_lesson_ids, student)
     new = [lesson for lesson in approved if lesson["id"] not in seen]
-    if not new:
-        return TrainResult(run_id, student, "skipped", reason="no newly approved lessons since the last run")
-    await progress({"event": "stage", "stage": "dataset", "message": f"{len(new)} new approved lessons"})
     blocked = [n for n, s in settings.models.items() if s.train_on_outputs is False]
+    # a student's wrong quiz answers, corrected by the teacher and approved by a curator
+    corrections = await app.store.call(quiz_store.approved_corrections, student, no_train_teachers=blocked)
+    seen_corrections = await app.store.call(tq.trained_correction_ids, student)
+    new_corrections = [c for c in corrections if c["correction_id"] not in seen_corrections]
+    if not new and not new_corrections:
+        return TrainResult(run_id, student, "skipped", reason="no newly approved lessons or corrections since the last run")
+    await progress({"event": "stage", "stage": "dataset",
+                    "message": f"{len(new)} new approved lessons, {len(new_corrections)} new corrections"})
     name = app.models.spec(student).display_name
 
     async def examples_of(lessons: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,8 +117,9 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
             out += await app.store.call(dataset.lesson_examples, lesson["id"], student_name=name, no_train_teachers=blocked)
         return out
 
-    fresh = await examples_of(new)
+    fresh = await examples_of(new) + new_corrections
     old = await examples_of([lesson for lesson in approved if lesson["id"] in seen])
+    old += [c for c in corrections if c["correction_id"] in seen_corrections]
     rng = random.Random(settings.training.seed + run_id)
     replay = rng.sample(old, min(len(old), math.ceil(settings.training.replay_share * len(fresh))))
     examples = dataset.dedupe(fresh + replay)
@@ -120,7 +127,8 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
     if not trainable:
         return TrainResult(run_id, student, "skipped", reason="the new lessons have no trainable teacher turns")
     data_hash = dataset.data_hash(trainable)
-    await app.store.call(_record_lessons, run_id, [lesson["id"] for lesson in new], _teacher_shares(trainable), data_hash)
+    await app.store.call(_record_inputs, run_id, [lesson["id"] for lesson in new],
+                         [c["correction_id"] for c in new_corrections], _teacher_shares(trainable), data_hash)
 
     await progress({"event": "stage", "stage": "quiz", "message": "writing held-out quiz items"})
     await ensure_quiz_items(app, new)
@@ -323,9 +331,10 @@ def prune_adapters(db: Any, student: str, keep: int) -> list[str]:
     return removed
 
 
-def _record_lessons(db: Any, run_id: int, lesson_ids: list[int], sources: dict[str, float], data_hash: str) -> None:
-    db.execute("UPDATE training_runs SET lesson_ids = ?, sources = ?, data_hash = ? WHERE id = ?",
-               [json.dumps(lesson_ids), json.dumps(sources), data_hash, run_id])
+def _record_inputs(db: Any, run_id: int, lesson_ids: list[int], correction_ids: list[int],
+                   sources: dict[str, float], data_hash: str) -> None:
+    db.execute("UPDATE training_runs SET lesson_ids = ?, correction_ids = ?, sources = ?, data_hash = ? WHERE id = ?",
+               [json.dumps(lesson_ids), json.dumps(correction_ids), json.dumps(sources), data_hash, run_id])
 
 
 def _teacher_shares(examples: list[dict[str, Any]]) -> dict[str, float]:
