@@ -37,3 +37,13 @@ def options_of(client: discord.Client) -> BotOptions:
     """The bot's options (defaults when the bot was built without any)."""
     options = getattr(client, "options", None)
     return options if isinstance(options, BotOptions) else BotOptions()
+
+
+def decision_button(decision: str, custom_id: str) -> discord.ui.Button[Any]:
+    """A curator's Approve (green) or Reject (red) button; the custom id makes it survive restarts."""
+    approve = decision == "approve"
+    return discord.ui.Button(
+        style=discord.ButtonStyle.success if approve else discord.ButtonStyle.danger,
+        label="Approve" if approve else "Reject",
+        custom_id=custom_id,
+    )

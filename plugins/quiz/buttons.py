@@ -11,7 +11,7 @@ from typing import Any
 import discord
 
 from lessons import prompts
-from plugins.common.context import NO_MENTIONS, app_of
+from plugins.common.context import NO_MENTIONS, app_of, decision_button
 from plugins.common.errors import answering_failures
 from plugins.common.text import shorten
 from plugins.voting.ballots import DOWN, UP, curator_rule, is_curator
@@ -179,10 +179,7 @@ class CorrectionButton(
     """A curator's Approve or Reject on a candidate correction; refused for everyone else."""
 
     def __init__(self, correction_id: int, decision: str):
-        super().__init__(discord.ui.Button(
-            style=discord.ButtonStyle.success if decision == "approve" else discord.ButtonStyle.danger,
-            label="Approve" if decision == "approve" else "Reject",
-            custom_id=f"classroom:correction:{correction_id}:{decision}"))
+        super().__init__(decision_button(decision, f"classroom:correction:{correction_id}:{decision}"))
         self.correction_id = correction_id
         self.decision = decision
 

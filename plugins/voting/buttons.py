@@ -8,7 +8,7 @@ from typing import Any
 
 import discord
 
-from plugins.common.context import NO_MENTIONS, app_of
+from plugins.common.context import NO_MENTIONS, app_of, decision_button
 from plugins.common.errors import answering_failures
 from plugins.common.summary import LessonCard, card_embed, read_card
 from plugins.voting import ballots
@@ -78,13 +78,7 @@ class DecisionButton(
     """A curator's Approve or Reject on a lesson; refused for everyone else."""
 
     def __init__(self, lesson_id: int, decision: str):
-        super().__init__(
-            discord.ui.Button(
-                style=discord.ButtonStyle.success if decision == "approve" else discord.ButtonStyle.danger,
-                label="Approve" if decision == "approve" else "Reject",
-                custom_id=f"classroom:decide:{lesson_id}:{decision}",
-            )
-        )
+        super().__init__(decision_button(decision, f"classroom:decide:{lesson_id}:{decision}"))
         self.lesson_id = lesson_id
         self.decision = decision
 
