@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(BIN)/python bot.py $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
 test-fast: $(STAMP)

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from storage import open_db
 from storage import lessons as q
+from storage import open_db
 from storage import votes as v
 
 
