@@ -24,7 +24,7 @@ from peft import PeftModel
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from trainer import data, loop
-from trainer.__main__ import JobError, read_job
+from trainer.__main__ import JobError, check_paths, read_job
 from trainer.data import IGNORE, Example
 
 REPO = Path(__file__).resolve().parent.parent
@@ -422,7 +422,9 @@ def test_job_runs_end_to_end_and_leaves_a_loadable_adapter_dir(tmp_path, tiny_mo
     assert json.loads((adapter / "meta.json").read_text()) == job["meta"]
     saved_config = json.loads((adapter / "training_config.json").read_text())
     assert saved_config["config"]["lora_r"] == 4 and saved_config["config"]["seed"] == 0
-    assert len(json.loads((adapter / "metrics.json").read_text())["data_hash"]) == 64
+    metrics = json.loads((adapter / "metrics.json").read_text())
+    assert len(metrics["data_hash"]) == 64 and metrics["dataset_tokens"] == start["tokens"]
+    assert metrics["tokens"] == 2 * start["tokens"]  # two epochs
     assert not stale.exists()
     assert list(adapter.parent.iterdir()) == [adapter]
 
@@ -470,6 +472,11 @@ def test_read_job_names_what_is_wrong(tmp_path):
     path.write_text(json.dumps({"base_model": "m", "output_dir": "o", "extra": 1}))
     with pytest.raises(JobError, match=r"missing: \['dataset'\]; unknown: \['extra'\]"):
         read_job(path)
+    (tmp_path / "d.jsonl").touch()
+    job = {"base_model": str(tmp_path / "no-model"), "dataset": str(tmp_path / "d.jsonl"), "output_dir": "o"}
+    path.write_text(json.dumps(job))
+    with pytest.raises(JobError, match="base_model not found: .*no-model"):
+        check_paths(read_job(path))
 
 
 # --- the real student ----------------------------------------------------------------------------

@@ -103,17 +103,60 @@ def run(job: Job, emit: Emit) -> dict[str, Any]:
     import peft
     import torch
     import transformers
-    from transformers import AutoTokenizer
 
-    from trainer import data, loop
+    from trainer import loop
 
     remove_stale_temp_dirs(job.output_dir)
+    check_paths(job)
+    prepared = prepare_data(job)
+    rows = prepared["rows"]
+    total_steps = len(loop.step_plan(len(rows), job.config))
+    emit(
+        {
+            "event": "start",
+            "examples": prepared["examples"],
+            "tokens": prepared["dataset_tokens"],
+            "total_steps": total_steps,
+        }
+    )
+
+    device = loop.pick_device(job.device)
+    log.info("device %s, %d threads", device, loop.use_all_cores())
+    model = loop.prepare_model(loop.load_base_model(job.base_model, device), job.config, job.init_adapter)
+    metrics = loop.train(model, rows, job.config, on_progress=lambda p: emit(_progress_event(p)))
+
+    summary = {
+        **dataclasses.asdict(metrics),
+        **{k: v for k, v in prepared.items() if k != "rows"},
+        "rows": len(rows),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+    }
+    write_adapter_dir(model, job, summary)
+    return summary
+
+
+def check_paths(job: Job) -> None:
+    """Fail early, with a readable reason, on paths that cannot work."""
     if job.output_dir.exists():
         raise JobError(f"output_dir already exists: {job.output_dir}")
+    if job.base_model.startswith(("/", ".", "~")) and not Path(job.base_model).expanduser().is_dir():
+        raise JobError(f"base_model not found: {job.base_model}")  # else it would be taken for a hub id
     if not job.dataset.is_file():
         raise JobError(f"dataset not found: {job.dataset}")
     if job.init_adapter and not Path(job.init_adapter, "adapter_config.json").is_file():
         raise JobError(f"init_adapter is not a PEFT adapter dir: {job.init_adapter}")
+
+
+def prepare_data(job: Job) -> dict[str, Any]:
+    """Read, dedupe, tokenize and pack the dataset; return the packed rows and the counts for metrics.json."""
+    from transformers import AutoTokenizer
+
+    from trainer import data
+
     try:
         records = data.load_jsonl(job.dataset)
     except data.DatasetError as e:
@@ -126,36 +169,31 @@ def run(job: Job, emit: Emit) -> dict[str, Any]:
             f"no example has an assistant token to learn ({len(records)} records in {job.dataset})"
         )
     rows = data.pack(examples, job.config.row_tokens)
-    total_steps = len(loop.step_plan(len(rows), job.config))
-    tokens = sum(len(e.input_ids) for e in examples)
-    emit({"event": "start", "examples": len(examples), "tokens": tokens, "total_steps": total_steps})
+    duplicates = len(records) - len(unique)
     log.info(
         "%d records, %d duplicates, %d without tokens to learn, %d rows",
         len(records),
-        len(records) - len(unique),
+        duplicates,
         dropped,
         len(rows),
     )
-
-    device = loop.pick_device(job.device)
-    log.info("device %s, %d threads", device, loop.use_all_cores())
-    model = loop.prepare_model(loop.load_base_model(job.base_model, device), job.config, job.init_adapter)
-    metrics = loop.train(model, rows, job.config, on_progress=lambda p: emit(_progress_event(p)))
-
-    summary = {
-        **dataclasses.asdict(metrics),
+    return {
+        "rows": rows,
         "data_hash": data.data_hash(unique),
         "records": len(records),
-        "duplicates": len(records) - len(unique),
+        "duplicates": duplicates,
         "dropped": dropped,
         "examples": len(examples),
-        "rows": len(rows),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
+        "dataset_tokens": sum(len(e.input_ids) for e in examples),  # one pass; metrics "tokens" counts all epochs
     }
+
+
+def write_adapter_dir(model: Any, job: Job, summary: dict[str, Any]) -> None:
+    """Save adapter, config, metrics and meta into a temp dir, fsync, then rename it to output_dir.
+
+    The rename is the commit: until it happens output_dir does not exist, so a
+    crash or a kill at any point leaves either nothing or a complete adapter.
+    """
     training_config = {
         "base_model": job.base_model,
         "dataset": str(job.dataset),
@@ -176,7 +214,6 @@ def run(job: Job, emit: Emit) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return summary
 
 
 def remove_stale_temp_dirs(output_dir: Path) -> None:
