@@ -27,4 +27,12 @@ def home(tmp_path: Path) -> Path:
     return h
 
 
+from tests.discord_fixtures import (  # noqa: E402,F401  (Discord fixtures shared by the test_discord_* modules)
+    bot_factory,
+    bot_options,
+    classroom,
+    classroom_settings,
+    scripted_models,
+    simcord_bot,
+)
 from tests.fakeopenai import fake_openai  # noqa: E402,F401  (fixture shared by every test module)

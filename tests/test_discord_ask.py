@@ -11,14 +11,6 @@ from tests.discord_fixtures import AVATARS, PERSONAS, STUDENT_ANSWER, reply_to
 
 pytestmark = pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
 
-# The shared fixtures, made visible to this module's tests.
-bot_factory = fixtures.bot_factory
-bot_options = fixtures.bot_options
-classroom = fixtures.classroom
-classroom_settings = fixtures.classroom_settings
-scripted_models = fixtures.scripted_models
-simcord_bot = fixtures.simcord_bot
-
 
 async def ask(classroom, member=None, question="What is a stock?", **options):
     result = await (member or classroom.alice).slash(classroom.channel, "ask", question=question, **options)

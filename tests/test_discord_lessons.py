@@ -15,13 +15,6 @@ from tests.discord_fixtures import AVATARS, PERSONAS, STUDENT_ANSWER, button_lab
 
 pytestmark = pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
 
-# The shared fixtures, made visible to this module's tests.
-bot_factory = fixtures.bot_factory
-bot_options = fixtures.bot_options
-classroom = fixtures.classroom
-classroom_settings = fixtures.classroom_settings
-scripted_models = fixtures.scripted_models
-simcord_bot = fixtures.simcord_bot
 
 TURN_BUTTON = re.compile(r"classroom:vote:turn:(\d+):up")
 

@@ -15,11 +15,6 @@ from tests.discord_fixtures import PERSONAS, button_labels, reply_to
 
 pytestmark = pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
 
-# The shared fixtures, made visible to this module's tests.
-bot_factory = fixtures.bot_factory
-bot_options = fixtures.bot_options
-classroom = fixtures.classroom
-simcord_bot = fixtures.simcord_bot
 
 GATE = "What is the gate code of Vellmoor?"
 FERRY = "Who runs the Vellmoor ferry?"

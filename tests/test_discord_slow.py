@@ -8,16 +8,11 @@ import pytest
 
 from settings import Settings, load_settings
 from storage import lessons as q
-from tests import discord_fixtures as fixtures
 from tests.discord_fixtures import reply_to
 
 # Model work runs on the model's own thread, which settling waits for: give it real time.
 pytestmark = [pytest.mark.slow, pytest.mark.simcord(settle_timeout=300)]
 
-bot_factory = fixtures.bot_factory
-bot_options = fixtures.bot_options
-classroom = fixtures.classroom
-simcord_bot = fixtures.simcord_bot
 
 FAQ = b"""# Opening hours
 The Vellmoor library opens at 9 and closes at 17 on weekdays.

@@ -30,10 +30,6 @@ from trainer.job import TrainResult
 pytestmark = pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
 
 # The shared fixtures, made visible to this module's tests (classroom_settings and scripted_models are this module's own).
-bot_factory = fixtures.bot_factory
-bot_options = fixtures.bot_options
-classroom = fixtures.classroom
-simcord_bot = fixtures.simcord_bot
 
 TRAINING_SETTLE = 240.0
 """Real seconds `/train now` may take to settle when it really trains: the run is bot work simcord waits for."""

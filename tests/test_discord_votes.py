@@ -12,14 +12,6 @@ from tests.discord_fixtures import button_labels, reply_to
 
 pytestmark = pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
 
-# The shared fixtures, made visible to this module's tests.
-bot_factory = fixtures.bot_factory
-bot_options = fixtures.bot_options
-classroom = fixtures.classroom
-classroom_settings = fixtures.classroom_settings
-scripted_models = fixtures.scripted_models
-simcord_bot = fixtures.simcord_bot
-
 
 async def finished_lesson(classroom, turns: int = 3):
     """Run a short lesson to its end; returns (first turn message, summary message)."""
