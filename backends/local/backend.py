@@ -134,6 +134,8 @@ class LocalBackend:
         host = self.host
 
         def job() -> _Answer:
+            if host.closing:  # taken off the queue while the host closes: never started
+                raise BackendError(self.name, "the request was dropped because the model is shutting down")
             try:
                 host.load()
                 with host.use_adapter(self.adapter_name) as view:

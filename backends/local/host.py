@@ -146,6 +146,8 @@ class LocalModelHost:
         if self._closing.is_set():
             return
         self._closing.set()
+        # Drop the queue now, before the running job notices `closing` and the worker takes the next one.
+        self._executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._shut_down)
 
     # Everything below runs on the worker thread only.
