@@ -121,7 +121,8 @@ def run(job: Job, emit: Emit) -> dict[str, Any]:
     )
 
     device = loop.pick_device(job.device)
-    log.info("device %s, %d threads", device, loop.use_all_cores())
+    tuned = device.type == "cpu" and loop.tune_allocator()
+    log.info("device %s, %d threads, allocator tuned: %s", device, loop.use_all_cores(), tuned)
     model = loop.prepare_model(loop.load_base_model(job.base_model, device), job.config, job.init_adapter)
     metrics = loop.train(model, rows, job.config, on_progress=lambda p: emit(_progress_event(p)))
 
@@ -184,7 +185,8 @@ def prepare_data(job: Job) -> dict[str, Any]:
         "duplicates": duplicates,
         "dropped": dropped,
         "examples": len(examples),
-        "dataset_tokens": sum(len(e.input_ids) for e in examples),  # one pass; metrics "tokens" counts all epochs
+        # one pass over the data; "tokens" in metrics counts every epoch
+        "dataset_tokens": sum(len(e.input_ids) for e in examples),
     }
 
 

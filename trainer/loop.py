@@ -1,21 +1,24 @@
 """The LoRA fine-tuning loop: packed rows in, a trained adapter (still in memory) and metrics out.
 
 Read it top to bottom: config, model preparation, the loop, then the helpers
-that make it fast. Speed on a 2-core CPU comes from three things, each measured:
+that make it fast. Speed on a 2-core CPU comes from four things, each measured:
 no padding (rows are packed), attention computed per example instead of over
-the whole packed row, and logits only where a label is learned. bf16 autocast is
-used where the hardware has bf16 units; on an AVX2-only CPU it was 30x slower
-than float32, so there it is off.
+the whole packed row, logits only where a label is learned, and (in the
+trainer process) an allocator that keeps memory instead of re-faulting it.
+bf16 autocast is used where the hardware has bf16 units; on an AVX2-only CPU it
+was 30x slower than float32, so there it is off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -116,6 +119,28 @@ def use_all_cores() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(cores)
     return cores
+
+
+def tune_allocator() -> bool:
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel; True if applied.
+
+    By default glibc gives each large buffer (over its mmap threshold, at most
+    32 MB) its own mmap and unmaps it on free, so every step faults its
+    activations back in, zero-filled: 1-15 s of system time per 2048-token step
+    on 2 CPU cores. Tuned, the steady state has no page faults and the step is
+    ~12% faster (129 -> 148 tok/s, SmolLM2-135M). Meant for a process that only trains: its
+    memory stays at the peak until it exits.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    return bool(
+        mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1) and mallopt(m_top_pad, 256 << 20)
+    )
 
 
 def pick_device(requested: str | None = None) -> torch.device:
