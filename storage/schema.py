@@ -213,4 +213,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE training_runs ADD COLUMN correction_ids TEXT;
     """,
+    # tokens each server spent on paid (openai-backend) models per UTC day, for daily token budgets.
+    """
+    CREATE TABLE token_usage (
+        guild_id INTEGER NOT NULL,
+        day TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (guild_id, day, model)
+    );
+    """,
 ]
