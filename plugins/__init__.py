@@ -12,4 +12,5 @@ EXTENSIONS: tuple[str, ...] = (
     "plugins.models",  # /models
     "plugins.training",  # /train now | status | history, /student versions | rollback, nightly schedule
     "plugins.quiz",  # /quiz start | stop, votes and corrections on quiz answers, /student report (after training)
+    "plugins.privacy",  # /privacy forget-me
 )

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from storage import privacy
 from storage.db import Transaction, fetch_all, fetch_one, now
 
 TARGETS = ("turn", "lesson", "answer")
@@ -142,15 +143,8 @@ def approved_lessons(db: Database, *, student: str | None = None, since_id: int 
 
 
 def forget_member(db: Database, member_id: str) -> dict[str, int]:
-    """Delete a member's votes, quiz answers and authorship; keep anonymous counts. Returns what was removed."""
-    with Transaction(db):
-        votes = db.execute("DELETE FROM votes WHERE member_id = ?", [member_id]).rowcount
-        answers = db.execute(
-            "DELETE FROM quiz_answers WHERE answerer_kind = 'member' AND answerer = ?", [member_id]
-        ).rowcount
-        lessons = db.execute("UPDATE lessons SET started_by = NULL WHERE started_by = ?", [member_id]).rowcount
-        approvals = db.execute("UPDATE approvals SET curator = 'forgotten' WHERE curator = ?", [member_id]).rowcount
-    return {"votes": votes, "quiz_answers": answers, "lessons": lessons, "approvals": approvals}
+    """Forget a member, keeping anonymous counts (see `storage.privacy.forget_member`)."""
+    return privacy.forget_member(db, member_id)
 
 
 def _check(target_type: str, value: int) -> None:
@@ -184,3 +178,79 @@ def votes_on_lesson_turns(db: Database, lesson_id: int) -> list[dict[str, Any]]:
         "SELECT v.* FROM votes v JOIN turns t ON v.target_type = 'turn' AND v.target_id = t.id WHERE t.lesson_id = ?",
         [lesson_id],
     )
+
+
+# ---- panel ballots: which of the teachers' answers to one student question a member found best
+
+
+def cast_ballot(db: Database, turn_id: int, member_id: str) -> int | None:
+    """A member picks a panel answer as best: one ballot per member per question, and picking the
+    same answer again takes the ballot back. Returns the member's choice now (a turn id or None);
+    raises ValueError when the turn is not a panel answer."""
+    turn = db.execute("SELECT lesson_id, section, kind FROM turns WHERE id = ?", [turn_id]).fetchone()
+    if turn is None or turn[2] != "panel":
+        raise ValueError(f"turn {turn_id} is not a panel answer")
+    lesson_id, section = turn[0], turn[1]
+    with Transaction(db):
+        row = db.execute(
+            "SELECT turn_id FROM panel_ballots WHERE lesson_id = ? AND section = ? AND member_id = ?",
+            [lesson_id, section, member_id],
+        ).fetchone()
+        if row is not None and row[0] == turn_id:
+            db.execute("DELETE FROM panel_ballots WHERE lesson_id = ? AND section = ? AND member_id = ?",
+                       [lesson_id, section, member_id])
+            return None
+        db.execute(
+            "INSERT INTO panel_ballots (lesson_id, section, member_id, turn_id, created_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (lesson_id, section, member_id) DO UPDATE SET turn_id = excluded.turn_id,"
+            " created_at = excluded.created_at",
+            [lesson_id, section, member_id, turn_id, now()],
+        )
+    return turn_id
+
+
+def ballot_counts(db: Database, lesson_id: int) -> dict[int, int]:
+    """{turn id: ballots} for every panel answer of a lesson that has at least one ballot."""
+    rows = db.execute(
+        "SELECT turn_id, COUNT(*) FROM panel_ballots WHERE lesson_id = ? GROUP BY turn_id", [lesson_id]
+    ).fetchall()
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+def turn_nets(db: Database, lesson_id: int) -> dict[int, int]:
+    """{turn id: net 👍/👎} for the voted turns of a lesson."""
+    rows = db.execute(
+        "SELECT t.id, SUM(v.value) FROM turns t JOIN votes v ON v.target_type = 'turn' AND v.target_id = t.id"
+        " WHERE t.lesson_id = ? GROUP BY t.id",
+        [lesson_id],
+    ).fetchall()
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+def teacher_records(db: Database) -> dict[str, dict[str, int]]:
+    """Per teacher: ended lessons taught, how many were approved, panel questions answered and won.
+
+    A panel question counts as won by the answer with strictly the most ballots."""
+    out: dict[str, dict[str, int]] = {}
+    for model, taught, approved in db.execute(
+        "SELECT p.model, COUNT(*), COALESCE(SUM(l.approved), 0) FROM lesson_participants p"
+        " JOIN lessons l ON l.id = p.lesson_id WHERE p.role = 'teacher' AND l.status IN ('finished', 'stopped')"
+        " GROUP BY p.model"
+    ).fetchall():
+        out[model] = {"lessons": int(taught), "approved": int(approved), "panels": 0, "wins": 0}
+    rows = db.execute(
+        "SELECT t.lesson_id, t.section, t.speaker, COALESCE(b.n, 0) FROM turns t LEFT JOIN"
+        " (SELECT turn_id, COUNT(*) AS n FROM panel_ballots GROUP BY turn_id) b ON b.turn_id = t.id"
+        " WHERE t.kind = 'panel' ORDER BY t.lesson_id, t.section"
+    ).fetchall()
+    questions: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    for lesson_id, section, speaker, n in rows:
+        questions.setdefault((lesson_id, section), []).append((speaker, int(n)))
+    for answers in questions.values():
+        ranked = sorted(answers, key=lambda a: -a[1])
+        won = ranked[0][0] if ranked[0][1] > 0 and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]) else None
+        for speaker, _ in answers:
+            rec = out.setdefault(speaker, {"lessons": 0, "approved": 0, "panels": 0, "wins": 0})
+            rec["panels"] += 1
+            rec["wins"] += int(speaker == won)
+    return out

@@ -127,5 +127,6 @@ def test_forget_member_removes_votes_and_authorship(db):
     v.toggle_vote(db, "turn", 1, "43", 1)
     removed = v.forget_member(db, "42")
     assert removed["votes"] == 1 and removed["lessons"] == 1
-    assert v.tally(db, "turn", 1).up == 1
+    assert v.tally(db, "turn", 1).up == 2  # the vote stays as an anonymous count
+    assert v.member_vote(db, "turn", 1, "42") == 0
     assert q.get_lesson(db, lid)["started_by"] is None
