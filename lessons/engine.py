@@ -18,7 +18,7 @@ from typing import Any
 
 from backends.base import BackendError, ChatBackend, GenParams, Message, Usage
 from backends.registry import ModelRegistry
-from lessons import prompts
+from lessons import panel, prompts
 from lessons.events import (
     LessonEvent,
     LessonFinished,
@@ -113,8 +113,9 @@ class LessonEngine:
         for name in [*req.teachers, *req.students]:
             if name not in self.models.specs:
                 raise LessonError(f"unknown model '{name}' (known: {', '.join(self.models.names())})")
-        if req.mode not in ("single", "rotate"):
-            raise LessonError(f"unknown lesson mode '{req.mode}' (use single or rotate)")
+        problem = panel.check_request(req.mode, req.teachers, req.students)
+        if problem:
+            raise LessonError(problem)
         if req.max_turns < 1:
             raise LessonError("a lesson needs at least one turn")
         source_id = None
@@ -150,9 +151,10 @@ class LessonEngine:
             sections = await self._syllabus(lesson, teachers[0])
             await emit(LessonStarted(lesson_id, lesson["topic"], teachers, students, [s.as_dict() for s in sections], bool(done)))
             while True:
-                step = next_step(len(sections), len(done), teachers, students, lesson["max_turns"])
+                plan_next = panel.next_step if lesson["mode"] == panel.PANEL else next_step
+                step = plan_next(len(sections), len(done), teachers, students, lesson["max_turns"])
                 if step is None:
-                    covered = len(done) >= len(sections) * len(PHASES)
+                    covered = len(done) >= len(sections) * panel.turns_per_section(lesson["mode"], teachers)
                     reason = "syllabus covered" if covered else "turn limit reached"
                     return await self._finish(lesson_id, "finished", reason, len(done), emit)
                 if stop.is_set():
@@ -212,7 +214,7 @@ class LessonEngine:
         others = [self.models.spec(n).display_name for n in teachers + students if n != step.speaker]
         others += [n for n in teachers + students if n != step.speaker]
         others += ["student" if step.role == "teacher" else "teacher", "user"]
-        recent = [t["content"] for t in done[-2:]]
+        recent = panel.recent_turns(step.kind, done)
         backend = await self.models.backend(step.speaker)
         params = self.models.params(step.speaker)
         await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))

@@ -224,4 +224,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (guild_id, day, model)
     );
     """,
+    # panel lessons: each member's ballot for the best of the teachers' answers to one student question
+    # (one per member per lesson section); the winner is the only answer that trains the student.
+    """
+    CREATE TABLE panel_ballots (
+        lesson_id INTEGER NOT NULL REFERENCES lessons(id) ON DELETE CASCADE,
+        section INTEGER NOT NULL,
+        member_id TEXT NOT NULL,
+        turn_id INTEGER NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (lesson_id, section, member_id)
+    );
+    CREATE INDEX panel_ballots_turn ON panel_ballots(turn_id);
+    """,
 ]

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from lessons import prompts
+from lessons import panel, prompts
 from storage import lessons as q
 from storage import votes as v
 
@@ -39,36 +39,105 @@ def lesson_examples(
     student_name: str = "the student",
     no_train_teachers: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    """Chat examples for one lesson, one per taught section, in the trainer's JSONL shape."""
+    """Chat examples for one lesson, one per taught section, in the trainer's JSONL shape.
+
+    In a panel section only the winning answer (the one members gave strictly the most ballots)
+    follows the student's question; the other answers are left out. With no winner yet, the
+    section ends at the explanation.
+    """
     lesson = q.get_lesson(db, lesson_id)
     if lesson is None:
         return []
     blocked = set(no_train_teachers)
     excluded = v.excluded_turn_ids(db, lesson_id)
     titles = [s.get("title", "") for s in lesson["syllabus"]]
-    by_section: dict[int, list[dict[str, Any]]] = {}
-    for turn in q.turns(db, lesson_id):
-        by_section.setdefault(turn["section"] if turn["section"] is not None else -1, []).append(turn)
+    ballots = v.ballot_counts(db, lesson_id)
     examples = []
-    for section, turns in sorted(by_section.items()):
+    for section, turns in _sections(db, lesson_id):
+        answers = [t for t in turns if t["kind"] == panel.PANEL]
+        if answers:
+            best = panel.winner([t["id"] for t in answers], ballots)
+            turns = [t for t in turns if t["kind"] != panel.PANEL or t["id"] == best]
         title = titles[section] if 0 <= section < len(titles) else lesson["topic"]
-        messages: list[dict[str, Any]] = [*prompts.ask(student_name)]
-        messages.append({"role": "user", "content": opening_request(title, lesson["topic"])})
-        for turn in turns:
-            if turn["role"] == "teacher":
-                if messages[-1]["role"] == "assistant":  # two teacher turns in a row: bridge them
-                    messages.append({"role": "user", "content": "Go on."})
-                trainable = turn["id"] not in excluded and turn["speaker"] not in blocked
-                messages.append({"role": "assistant", "content": turn["content"], "train": trainable,
-                                 "turn_id": turn["id"], "speaker": turn["speaker"]})
-            else:
-                if messages[-1]["role"] == "user":
-                    messages[-1] = {**messages[-1], "content": messages[-1]["content"] + "\n" + turn["content"]}
-                else:
-                    messages.append({"role": "user", "content": turn["content"]})
+        messages = _conversation(turns, student_name, opening_request(title, lesson["topic"]), excluded, blocked)
+        while messages[-1]["role"] == "user" and len(messages) > 2:  # a question nobody's answer won
+            messages.pop()
         if any(m["role"] == "assistant" for m in messages):
             examples.append({"id": f"lesson{lesson_id}-s{section}", "lesson_id": lesson_id, "messages": messages})
     return examples
+
+
+def _sections(db: Database, lesson_id: int) -> list[tuple[int, list[dict[str, Any]]]]:
+    by_section: dict[int, list[dict[str, Any]]] = {}
+    for turn in q.turns(db, lesson_id):
+        by_section.setdefault(turn["section"] if turn["section"] is not None else -1, []).append(turn)
+    return sorted(by_section.items())
+
+
+def _conversation(turns: list[dict[str, Any]], student_name: str, opening: str, excluded: set[int],
+                  blocked: set[str]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [*prompts.ask(student_name)]
+    messages.append({"role": "user", "content": opening})
+    for turn in turns:
+        if turn["role"] == "teacher":
+            if messages[-1]["role"] == "assistant":  # two teacher turns in a row: bridge them
+                messages.append({"role": "user", "content": "Go on."})
+            trainable = turn["id"] not in excluded and turn["speaker"] not in blocked
+            messages.append({"role": "assistant", "content": turn["content"], "train": trainable,
+                             "turn_id": turn["id"], "speaker": turn["speaker"]})
+        elif messages[-1]["role"] == "user":
+            messages[-1] = {**messages[-1], "content": messages[-1]["content"] + "\n" + turn["content"]}
+        else:
+            messages.append({"role": "user", "content": turn["content"]})
+    return messages
+
+
+def preference_examples(
+    db: Database,
+    lesson_id: int,
+    *,
+    student_name: str = "the student",
+    no_train_teachers: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Chosen/rejected pairs from a lesson's panel questions, in TRL's conversational preference form.
+
+    `prompt` is the conversation up to the student's question (system, the opening request, the
+    explanation, the question); `chosen` and `rejected` are one assistant message each. Members'
+    ballots, then net 👍/👎, rank the answers (see `lessons.panel.preference_pairs`). No pair uses
+    a teacher whose outputs may not be trained on.
+    """
+    lesson = q.get_lesson(db, lesson_id)
+    if lesson is None:
+        return []
+    blocked = set(no_train_teachers)
+    ballots, nets = v.ballot_counts(db, lesson_id), v.turn_nets(db, lesson_id)
+    titles = [s.get("title", "") for s in lesson["syllabus"]]
+    out = []
+    for section, turns in _sections(db, lesson_id):
+        answers = {t["id"]: t for t in turns if t["kind"] == panel.PANEL and t["speaker"] not in blocked}
+        if len(answers) < 2:
+            continue
+        title = titles[section] if 0 <= section < len(titles) else lesson["topic"]
+        context = [t for t in turns if t["kind"] != panel.PANEL]
+        prompt = [{"role": m["role"], "content": m["content"]}
+                  for m in _conversation(context, student_name, opening_request(title, lesson["topic"]), set(), set())]
+        if prompt[-1]["role"] != "user":
+            continue  # no student question to answer
+        for chosen, rejected in panel.preference_pairs(list(answers), ballots, nets):
+            out.append({
+                "id": f"lesson{lesson_id}-s{section}-{chosen}-{rejected}",
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": answers[chosen]["content"]}],
+                "rejected": [{"role": "assistant", "content": answers[rejected]["content"]}],
+                "chosen_teacher": answers[chosen]["speaker"],
+                "rejected_teacher": answers[rejected]["speaker"],
+            })
+    return out
+
+
+def to_dpo(pair: dict[str, Any]) -> dict[str, Any]:
+    """One line of TRL's conversational preference format: prompt, chosen and rejected message lists."""
+    return {"prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"]}
 
 
 def for_trainer(example: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Literal
 
 import discord
 from discord import app_commands
@@ -16,6 +17,7 @@ from plugins.common.context import NO_MENTIONS, BotOptions
 from plugins.common.personas import Destination, personas_of
 from plugins.common.summary import STATUS, card_embed, read_card
 from plugins.common.text import shorten
+from plugins.lessons.header import lesson_header
 from plugins.lessons.requests import Refused, lesson_request
 from plugins.lessons.running import LiveLesson, announce, open_place, run_live
 from plugins.voting.ballots import curator_rule, is_curator
@@ -47,6 +49,9 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
         topic="What the lesson is about (under 200 characters)",
         teacher="The teaching model (default: the server's default teacher)",
         student="The learning model (default: the server's default student)",
+        teachers="Several teachers, comma-separated (a panel or a rotation), e.g. gpt,smol-teacher",
+        students="Several students, comma-separated (a class): they take turns asking, each is trained",
+        mode="How several teachers share the lesson: rotate (sections in turn) or panel (all answer, members vote)",
         turns="How many turns at most",
         source="A .txt or .md file (up to 1 MB) the teacher teaches from",
     )
@@ -58,12 +63,16 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
         student: str | None = None,
         turns: app_commands.Range[int, 1, 200] | None = None,
         source: discord.Attachment | None = None,
+        teachers: str | None = None,
+        students: str | None = None,
+        mode: Literal["rotate", "panel"] | None = None,
     ) -> None:
         """Validate, store and start a lesson in a new thread (or in the channel in sandbox mode)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             request = await lesson_request(
-                self.app.settings, interaction, topic=topic, teacher=teacher, student=student, turns=turns, source=source
+                self.app.settings, interaction, topic=topic, teacher=teacher, student=student, turns=turns, source=source,
+                teachers=teachers, students=students, mode=mode,
             )
         except Refused as e:
             await _tell(interaction, str(e))
@@ -190,14 +199,7 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
         self, interaction: discord.Interaction, channel: Destination, lesson_id: int, request: LessonRequest
     ) -> None:
         """Open the lesson's thread, prepare the personas and start the run task."""
-        teacher, student = request.teachers[0], request.students[0]
-        names = {n: self.app.models.spec(n).display_name for n in (teacher, student)}
-        source = f" · from **{shorten(request.source_name or '', 80)}**" if request.source_text else ""
-        header = (
-            f"📚 **Lesson #{lesson_id}: {shorten(request.topic, 200)}**\n"
-            f"{names[teacher]} teaches {names[student]} · up to {request.max_turns} turns{source}"
-            f" · started by {interaction.user.mention}"
-        )
+        header, warnings = await lesson_header(self.app, lesson_id, request, interaction.user.mention)
         try:
             place = await open_place(
                 channel, header, use_thread=self.options.lesson_threads, thread_name=f"Lesson #{lesson_id}: {request.topic}"
@@ -210,16 +212,12 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
         await self.app.store.call(q.set_discord_ids, lesson_id, thread_id=place.destination.id)
         notes = [place.note] if place.note else []
         personas = personas_of(self.bot)
-        for model in (teacher, student):
+        for model in (*request.teachers, *request.students):
             _, why = await personas.poster(place.destination, model)
             if why:
                 notes.append(await self._webhook_fallback(interaction.guild_id, place.destination, why))
                 break
-        if request.source_text is None and self.app.models.size_class(teacher) == "SLM":
-            notes.append(
-                f"{names[teacher]} is a small model and no source was attached; small teachers do best "
-                "when grounded in a document (`source:`)."
-            )
+        notes += warnings
         live = LiveLesson(lesson_id, place.destination.guild.id, interaction.user.id, place.destination, place.header)
         live.task = asyncio.create_task(self._run(live), name=f"lesson-{lesson_id}")
         self.live[lesson_id] = live

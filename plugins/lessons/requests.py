@@ -27,6 +27,9 @@ async def lesson_request(
     student: str | None,
     turns: int | None,
     source: discord.Attachment | None,
+    teachers: str | None = None,
+    students: str | None = None,
+    mode: str | None = None,
 ) -> LessonRequest:
     """The request to give the engine (which checks topic and model names). Stores nothing; raises Refused."""
     channel = interaction.channel
@@ -38,11 +41,16 @@ async def lesson_request(
     max_turns = settings.lessons.max_turns
     if turns is not None and turns > max_turns:
         raise Refused(f"A lesson here has at most {max_turns} turns (`lessons.max_turns`).")
+    teacher_names = model_list(teacher, teachers) or [settings.default_teacher]
+    student_names = model_list(student, students) or [settings.default_student]
+    if mode == "panel" and len(teacher_names) < 2:
+        raise Refused("A panel needs at least two teachers: `teachers:a,b`.")
     source_name, source_text = (source.filename, await read_source(source, settings)) if source else (None, None)
     return LessonRequest(
         topic=topic,
-        teachers=[teacher or settings.default_teacher],
-        students=[student or settings.default_student],
+        teachers=teacher_names,
+        students=student_names,
+        mode=mode or ("rotate" if len(teacher_names) > 1 else "single"),
         max_turns=turns or max_turns,
         source_name=source_name,
         source_text=source_text,
@@ -50,6 +58,13 @@ async def lesson_request(
         guild_id=interaction.guild.id,
         channel_id=channel.id,
     )
+
+
+def model_list(one: str | None, several: str | None) -> list[str]:
+    """`teacher:` plus `teachers:a,b` as one list of names, in order, each once."""
+    names = [one] if one else []
+    names += [n.strip() for n in (several or "").split(",") if n.strip()]
+    return list(dict.fromkeys(names))
 
 
 async def read_source(source: discord.Attachment, settings: Settings) -> str:

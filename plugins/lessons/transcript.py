@@ -17,10 +17,12 @@ from lessons.events import (
     TurnFinished,
     TurnStarted,
 )
+from lessons.panel import PANEL
 from plugins.common.context import NO_MENTIONS
 from plugins.common.personas import Destination, PersonaDirectory
 from plugins.common.streaming import StreamedReply
 from plugins.common.text import shorten
+from plugins.lessons.ballot import PROMPT, ballot_view
 from plugins.voting.ballots import DOWN, UP
 from plugins.voting.buttons import vote_view
 from storage import discord as dq
@@ -52,9 +54,12 @@ class DiscordTranscript:
         self.interval = app.settings.discord.stream_edit_interval
         self.reply: StreamedReply | None = None
         self.text = ""
+        self.panel_size = 0  # teachers answering each question in a panel lesson
+        self.panel_answers: list[dict] = []  # panel answers to the current question, not yet on a ballot
 
     async def __call__(self, event: LessonEvent) -> None:
         if isinstance(event, LessonStarted):
+            self.panel_size = len(event.teachers)
             await self._syllabus(event)
         elif isinstance(event, TurnStarted):
             poster, why_not_webhook = await self.personas.poster(self.destination, event.speaker)
@@ -67,12 +72,27 @@ class DiscordTranscript:
         elif isinstance(event, TurnFinished) and self.reply is not None:
             await self._turn_done(self.reply, event.turn)
             self.reply = None
+            if event.turn["kind"] == PANEL:
+                self.panel_answers.append(event.turn)
+                if len(self.panel_answers) >= self.panel_size:
+                    await self._ballot()
         elif isinstance(event, LessonFinished) and self.reply is not None:
             # A turn was in flight when the lesson stopped or failed: keep what was shown, say why it ends there.
             if self.reply.started:
                 why = shorten(event.reason or event.status, 300)
                 await self.reply.finish(f"{self.text.strip()}\n\n*(cut off: {why}; this part was not saved)*")
             self.reply = None
+        if isinstance(event, LessonFinished) and len(self.panel_answers) >= 2:
+            await self._ballot()  # stopped before every teacher answered: the answers given can still be judged
+
+    async def _ballot(self) -> None:
+        """Post the ballot for the panel answers to the current question."""
+        answers = [{"id": t["id"], "speaker": t["speaker"], "ballots": 0} for t in self.panel_answers]
+        self.panel_answers = []
+        try:
+            await self.destination.send(PROMPT, view=ballot_view(self.app, answers), allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as e:
+            log.warning("could not post the panel ballot for turns %s: %s", [a["id"] for a in answers], e)
 
     async def _syllabus(self, event: LessonStarted) -> None:
         if event.resumed or not event.syllabus:
