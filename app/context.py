@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from backends.registry import ModelRegistry
+from lessons.budget import TokenBudget
 from lessons.engine import LessonEngine
 from settings import Settings
 from storage import AsyncStore, open_db, training
@@ -43,7 +44,7 @@ async def open_app(
     if registry.adapter_source is None:
         registry.adapter_source = active_adapter_path
     try:
-        yield AppContext(settings=settings, store=store, models=registry, engine=LessonEngine(store, registry))
+        yield AppContext(settings=settings, store=store, models=registry, engine=LessonEngine(store, registry, TokenBudget(store, settings)))
     finally:
         await registry.aclose()
         store.close()

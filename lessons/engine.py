@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendError, ChatBackend, GenParams, Message, Usage
 from backends.registry import ModelRegistry
@@ -33,6 +33,9 @@ from lessons.syllabus import Section, sections_from_plan, sections_from_source
 from storage import AsyncStore
 from storage import lessons as q
 
+if TYPE_CHECKING:
+    from lessons.budget import TokenBudget
+
 log = logging.getLogger(__name__)
 
 PHASES = ("explain", "reply", "correct")
@@ -43,6 +46,8 @@ STUDENT_FALLBACK = "Could you explain that once more, with an example?"
 
 class LessonError(Exception):
     """A lesson cannot start or go on; the message is fit to show a member."""
+
+    status = "failed"  # how a running lesson ends when this is raised
 
 
 @dataclass(frozen=True)
@@ -97,9 +102,10 @@ def next_step(n_sections: int, done_turns: int, teachers: list[str], students: l
 class LessonEngine:
     """Creates and runs lessons against the model registry, persisting every turn."""
 
-    def __init__(self, store: AsyncStore, models: ModelRegistry):
+    def __init__(self, store: AsyncStore, models: ModelRegistry, budget: TokenBudget | None = None):
         self.store = store
         self.models = models
+        self.budget = budget  # daily token budgets of paid models, per server; None: no budgets
 
     async def open(self, req: LessonRequest) -> int:
         """Validate a request and store the lesson; returns its id. Raises LessonError with a clear message."""
@@ -118,6 +124,8 @@ class LessonEngine:
             raise LessonError(problem)
         if req.max_turns < 1:
             raise LessonError("a lesson needs at least one turn")
+        if self.budget is not None:
+            await self.budget.check(req.guild_id, [*req.teachers, *req.students])
         source_id = None
         if req.source_text is not None:
             if not req.source_text.strip():
@@ -159,6 +167,8 @@ class LessonEngine:
                     return await self._finish(lesson_id, "finished", reason, len(done), emit)
                 if stop.is_set():
                     return await self._finish(lesson_id, "stopped", "stopped by request", len(done), emit)
+                if self.budget is not None:
+                    await self.budget.check(lesson["guild_id"], teachers + students)
                 turn = await self._turn(lesson, step, sections, done, teachers, students, emit, stop)
                 if turn is None:
                     return await self._finish(lesson_id, "stopped", "stopped by request", len(done), emit)
@@ -167,7 +177,7 @@ class LessonEngine:
         except BackendError as e:
             return await self._finish(lesson_id, "failed", str(e), len(done), emit)
         except LessonError as e:
-            return await self._finish(lesson_id, "failed", str(e), len(done), emit)
+            return await self._finish(lesson_id, e.status, str(e), len(done), emit)
         except asyncio.CancelledError:
             await asyncio.shield(self.store.call(q.finish_lesson, lesson_id, "interrupted", "the lesson was cancelled"))
             raise
@@ -189,7 +199,9 @@ class LessonEngine:
         else:
             backend = await self.models.backend(teacher)
             params = replace(self.models.params(teacher), max_new_tokens=120)
-            plan = await backend.chat(prompts.plan(lesson["topic"]), params)
+            usage = Usage()
+            plan = await backend.chat(prompts.plan(lesson["topic"]), params, usage)
+            await self._spent(lesson, teacher, usage)
             sections = sections_from_plan(plan, lesson["topic"])
         if not sections:
             raise LessonError("the source document has no text to teach")
@@ -225,6 +237,7 @@ class LessonEngine:
                 params = replace(params, temperature=max(params.temperature, 0.7), seed=(params.seed or 0) + attempt)
             usage = Usage()
             raw = await self._stream(backend, messages, params, usage, lesson["id"], step, others, emit, stop)
+            await self._spent(lesson, step.speaker, usage)
             if raw is None:
                 return None
             text = clean_reply(raw, own_labels=own, other_labels=others)
@@ -247,6 +260,11 @@ class LessonEngine:
             completion_tokens=usage.completion_tokens or None,
             latency_ms=usage.latency_ms or None,
         )
+
+    async def _spent(self, lesson: dict[str, Any], model: str, usage: Usage) -> None:
+        """Count a call's tokens against the server's daily budget."""
+        if self.budget is not None:
+            await self.budget.record(lesson.get("guild_id"), model, usage)
 
     def _messages(self, topic: str, step: Step, section: Section, name: str, done: list[dict[str, Any]]) -> list[Message]:
         if step.kind == "explain":

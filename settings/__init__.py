@@ -69,6 +69,8 @@ class ModelSpec(_Strict):
     size_class: Literal["small", "large"] | None = None
     # Some providers' terms forbid training other models on their outputs.
     train_on_outputs: bool | None = None
+    # openai backend: most prompt+completion tokens one server may spend on this model per UTC day (None: no cap)
+    daily_token_budget: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _backend_fields(self) -> ModelSpec:
@@ -94,6 +96,8 @@ class LessonSettings(_Strict):
     max_concurrent_per_guild: int = Field(2, ge=1, le=50)
     approval_threshold: int = Field(3, ge=1)
     max_source_bytes: int = Field(1_000_000, ge=1)
+    # most prompt+completion tokens one server may spend per UTC day on all paid (openai-backend) models together
+    daily_token_budget: int | None = Field(None, ge=1)
 
 
 class DiscordSettings(_Strict):
@@ -101,6 +105,8 @@ class DiscordSettings(_Strict):
 
     curator_role: str | None = None
     ask_cooldown_seconds: float = Field(20.0, ge=0)
+    lesson_cooldown_seconds: float = Field(0.0, ge=0)  # per member, between two /lesson start; 0: none
+    quiz_cooldown_seconds: float = Field(0.0, ge=0)  # per member, between two /quiz start; 0: none
     report_channel_id: int | None = None
     stream_edit_interval: float = Field(1.0, ge=1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 
 class Cooldowns:
@@ -26,6 +27,12 @@ class Cooldowns:
     def reset(self, member_id: int) -> None:
         """Give the member their question back (the answer failed)."""
         self._last.pop(member_id, None)
+
+
+def wait_text(seconds: float) -> str:
+    """'in 12 seconds': how long a member waits, rounded up to whole seconds."""
+    whole = max(1, math.ceil(seconds))
+    return f"in {whole} second{'s' if whole != 1 else ''}"
 
 
 def _now() -> float:

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from app import AppContext
 from lessons.engine import LessonError, LessonRequest
+from plugins.ask.cooldown import Cooldowns, wait_text
 from plugins.common.choices import model_choices
 from plugins.common.context import NO_MENTIONS, BotOptions
 from plugins.common.personas import Destination, personas_of
@@ -40,6 +41,7 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
         self.live: dict[int, LiveLesson] = {}
         self._guild_locks: dict[int, asyncio.Lock] = {}
         self._announced_restart = False
+        self.cooldowns = Cooldowns(app.settings.discord.lesson_cooldown_seconds)
         super().__init__()
 
     # ---- commands
@@ -69,6 +71,10 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
     ) -> None:
         """Validate, store and start a lesson in a new thread (or in the channel in sandbox mode)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
+        wait = self.cooldowns.retry_after(interaction.user.id)
+        if wait > 0:
+            await _tell(interaction, f"One lesson at a time: you can start another {wait_text(wait)}.")
+            return
         try:
             request = await lesson_request(
                 self.app.settings, interaction, topic=topic, teacher=teacher, student=student, turns=turns, source=source,
@@ -95,6 +101,7 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
             except LessonError as e:
                 await _tell(interaction, f"That lesson can't start: {e}.")
                 return
+        self.cooldowns.start(interaction.user.id)
         await self._launch(interaction, channel, lesson_id, request)
 
     @app_commands.command(name="stop", description="Stop a running lesson (its starter or a curator)")

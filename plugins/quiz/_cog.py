@@ -12,6 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from app import AppContext
+from plugins.ask.cooldown import Cooldowns, wait_text
 from plugins.common.choices import model_choices
 from plugins.common.context import NO_MENTIONS, BotOptions
 from plugins.common.personas import personas_of
@@ -43,6 +44,7 @@ class QuizCog(commands.GroupCog, group_name="quiz", group_description="Quiz game
         self._starting = asyncio.Lock()  # the "one game per channel" check and the game's registration go together
         self.report_command = report.report_command()
         self._report_group: app_commands.Group | None = None
+        self.cooldowns = Cooldowns(app.settings.discord.quiz_cooldown_seconds)
         super().__init__()
 
     async def cog_load(self) -> None:
@@ -85,9 +87,13 @@ class QuizCog(commands.GroupCog, group_name="quiz", group_description="Quiz game
         try:
             if not isinstance(channel, discord.TextChannel | discord.Thread) or interaction.guild is None:
                 raise Refused("Quizzes run in text channels and their threads.")
+            wait = self.cooldowns.retry_after(interaction.user.id)
+            if wait > 0:
+                raise Refused(f"One quiz at a time: you can start another {wait_text(wait)}.")
             async with self._starting:
                 live = await self._prepare(interaction, channel, lesson, topic, questions, seconds, student)
                 self.live[channel.id] = live
+            self.cooldowns.start(interaction.user.id)
         except Refused as e:
             await interaction.response.send_message(str(e), ephemeral=True)
             return
