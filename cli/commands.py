@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from app import AppContext, open_app
 from backends.base import Usage
 from cli import CliError
 from lessons import prompts
+from lessons.direction import Direction, lesson_direction
 from lessons.engine import LessonRequest
 from lessons.events import (
     LessonEvent,
@@ -80,7 +82,12 @@ async def cmd_lesson(settings: Settings, args: argparse.Namespace) -> int:
     async with open_app(settings) as app:
         for name in teachers + students:
             app.models.spec(name)
-        if source_text is None and all(app.models.size_class(t) == "SLM" for t in teachers):
+        direction = await asyncio.to_thread(lesson_direction, app.models, teachers, students,
+                                            grounded=source_text is not None)
+        print(f"direction: {direction.label} ({describe_sizes(direction)})", file=sys.stderr)
+        for warning in direction.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if source_text is None and not direction.warnings and all(app.models.size_class(t) == "SLM" for t in teachers):
             print(
                 f"note: teacher {', '.join(teachers)} is a small model and no --source was given; a small teacher "
                 "is only useful when grounded in a document (pass --source notes.md) or use an API teacher.",
@@ -171,6 +178,8 @@ async def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     """Write lessons as chat JSONL for fine-tuning elsewhere. No Discord ids are included."""
+    if args.format == "dpo":
+        return await export_preferences(settings, args)
     convert = dataset.to_openai if args.format == "openai" else dataset.to_sharegpt
     async with open_app(settings) as app:
         if args.approved_only:
@@ -185,6 +194,27 @@ async def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     write_jsonl(out, [convert(ex) for ex in examples])
     print(f"wrote {len(examples)} examples from {len(ids)} lessons to {out}")
     return 0
+
+
+async def export_preferences(settings: Settings, args: argparse.Namespace) -> int:
+    """Write chosen/rejected pairs (panel ballots, 👍/👎 on alternative answers) for TRL's DPO trainer."""
+    async with open_app(settings) as app:
+        lessons = await app.store.call(v.approved_lessons) if args.approved_only else (
+            await app.store.call(q.list_lessons, limit=1_000_000))[::-1]
+        blocked = [n for n, s in settings.models.items() if s.train_on_outputs is False]
+        pairs: list[dict[str, Any]] = []
+        for lesson in lessons:
+            pairs += await app.store.call(dataset.preference_examples, lesson["id"], no_train_teachers=blocked)
+    out = Path(args.out)
+    write_jsonl(out, [dataset.to_dpo(p) for p in pairs])
+    print(f"wrote {len(pairs)} preference pairs from {len(lessons)} lessons to {out}")
+    return 0
+
+
+def describe_sizes(direction: Direction) -> str:
+    """'prof: LLM; kid: SLM, 135M' for the CLI's direction line."""
+    sizes = {**direction.teachers, **direction.students}
+    return "; ".join(f"{name}: {size.label()}" for name, size in sizes.items())
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -267,11 +297,15 @@ async def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
     student = args.student or settings.default_student
     async with open_app(settings) as app:
         rows = await app.store.call(tq.adapters, student)
+        shares = {r["id"]: r.get("sources") for r in await app.store.call(tq.list_runs, student, 1000)}
     if not rows:
         print(f"{student} has no adapters yet; it speaks with its base weights")
     for a in rows:
         ev = (a["metrics"] or {}).get("eval") or {}
-        print(f"v{a['version']:<3} {a['status']:<9} topic {_fmt(ev, 'topic')} control {_fmt(ev, 'control')}  {a['created_at'][:16]}")
+        taught = shares.get(a["run_id"]) or {}
+        by = "  taught by " + ", ".join(f"{t} {s:.0%}" for t, s in taught.items()) if taught else ""
+        print(f"v{a['version']:<3} {a['status']:<9} topic {_fmt(ev, 'topic')} control {_fmt(ev, 'control')}  "
+              f"{a['created_at'][:16]}{by}")
     return 0
 
 

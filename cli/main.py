@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", action="append", default=[], help="teacher model (repeat for several)")
     s.add_argument("--student", action="append", default=[], help="student model (repeat for several)")
     s.add_argument("--turns", type=int, default=None, help="maximum number of turns")
-    s.add_argument("--mode", choices=["single", "rotate"], default=None, help="how several teachers share a lesson")
+    s.add_argument("--mode", choices=["single", "rotate", "panel"], default=None,
+                   help="how several teachers share a lesson: rotate (sections in turn) or panel (all answer each question)")
     s.add_argument("--json", action="store_true", help="print a JSON summary last")
 
     sub.add_parser("lessons", help="list recent lessons")
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("question")
     s.add_argument("--student", default=None)
     s = sub.add_parser("export", help="write lessons as fine-tuning JSONL")
-    s.add_argument("--format", choices=["openai", "sharegpt"], default="openai")
+    s.add_argument("--format", choices=["openai", "sharegpt", "dpo"], default="openai",
+                   help="dpo: chosen/rejected pairs from panel ballots and votes, in TRL's conversational preference form")
     s.add_argument("--approved-only", action="store_true")
     s.add_argument("--out", required=True)
     sub.add_parser("models", help="list configured teachers and students")
