@@ -16,6 +16,7 @@ stream really stops mid-body, a dropped connection really closes without a byte.
         server.requests[-1]["messages"]       # each request is its JSON body (a dict) ...
         server.requests[-1].headers["authorization"]   # ... plus .headers, .path and .method
         server.errors                         # exceptions raised by a reply function (sent as HTTP 500)
+        server.answering                      # chat requests being answered now (hung "timeout" faults excluded)
 
 Endpoints: `POST /v1/chat/completions` (plain, or SSE with `"stream": true`, ending in
 `data: [DONE]`, with a usage chunk when `stream_options.include_usage` is set) and
@@ -113,6 +114,7 @@ class FakeOpenAI:
         self.models = models
         self.requests: list[RecordedRequest] = []
         self.errors: list[BaseException] = []  # raised by a reply function; answered as HTTP 500
+        self.answering = 0  # chat requests being answered now, not counting those hanging in a "timeout" fault
         self.port = 0
         self._reply: Reply = _echo
         self._faults: deque[Fault] = deque()
@@ -248,7 +250,11 @@ class FakeOpenAI:
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
         try:
-            return await self._chat(body, request.headers, fault, writer)
+            self.answering += 1
+            try:
+                return await self._chat(body, request.headers, fault, writer)
+            finally:
+                self.answering -= 1
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as e:  # a bug in a test's reply function: answer, and keep it for the test to see
@@ -262,7 +268,11 @@ class FakeOpenAI:
         if kind == "drop":
             return False
         if kind == "timeout":
-            await asyncio.sleep(fault.seconds if fault and fault.seconds is not None else self.hang_seconds)
+            self.answering -= 1  # hanging on purpose: a test may let its clock run meanwhile
+            try:
+                await asyncio.sleep(fault.seconds if fault and fault.seconds is not None else self.hang_seconds)
+            finally:
+                self.answering += 1
         if kind == "malformed" and streaming:
             await _send_head(writer, 200, "text/event-stream", {"Transfer-Encoding": "chunked"})
             await _send_chunk(writer, "data: {this is not json\n\ndata: [DONE]\n\n")
