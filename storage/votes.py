@@ -101,7 +101,8 @@ def latest_decision(db: Database, lesson_id: int) -> dict[str, Any] | None:
 
 
 def refresh_threshold_approval(db: Database, lesson_id: int, threshold: int) -> bool:
-    """Approve a lesson whose net lesson score reached `threshold`, unless a curator decided otherwise.
+    """Approve a lesson whose net lesson score reached `threshold` with an up vote from someone besides its
+    starter, unless a curator decided otherwise.
 
     Returns whether the lesson is approved now. A curator's decision always wins over votes.
     """
@@ -114,7 +115,13 @@ def refresh_threshold_approval(db: Database, lesson_id: int, threshold: int) -> 
         net = db.execute(
             "SELECT COALESCE(SUM(value), 0) FROM votes WHERE target_type = 'lesson' AND target_id = ?", [lesson_id]
         ).fetchone()[0]
-        approved = net >= threshold
+        # A member can't approve their own lesson alone: someone other than its starter must vote it up too.
+        others_up = db.execute(
+            "SELECT COUNT(*) FROM votes WHERE target_type = 'lesson' AND target_id = ? AND value > 0"
+            " AND member_id IS NOT (SELECT started_by FROM lessons WHERE id = ?)",
+            [lesson_id, lesson_id],
+        ).fetchone()[0]
+        approved = net >= threshold and others_up > 0
         db.execute(
             "UPDATE lessons SET approved = ?, approved_at = CASE WHEN ? THEN COALESCE(approved_at, ?) END WHERE id = ?",
             [int(approved), int(approved), now(), lesson_id],
