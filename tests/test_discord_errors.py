@@ -144,7 +144,7 @@ async def test_lessons_left_running_by_a_crash_are_marked_interrupted_at_startup
         assert q.get_lesson(db, crashed)["status"] == "interrupted"
     notes = [m.content for m in thread.history() if "interrupted" in m.content]
     assert notes == [f"⚠️ Lesson #{crashed} was interrupted when the bot restarted. Its 0 turns are saved; "
-                     "start a new lesson with `/lesson start`."]
+                     f"resume it with `/lesson resume lesson:{crashed}`."]
     assert "started" in reply_to(await classroom.start_lesson(topic="bonds", turns=1)).content
 
 

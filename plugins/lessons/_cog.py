@@ -1,4 +1,4 @@
-"""/lesson start | stop | list | show: turns members' commands into lessons run by the engine."""
+"""/lesson start | stop | resume | list | show: turns members' commands into lessons run by the engine."""
 
 from __future__ import annotations
 
@@ -20,7 +20,15 @@ from plugins.common.summary import STATUS, card_embed, read_card
 from plugins.common.text import shorten
 from plugins.lessons.header import lesson_header
 from plugins.lessons.requests import Refused, lesson_request
-from plugins.lessons.running import LiveLesson, announce, open_place, run_live
+from plugins.lessons.running import (
+    LiveLesson,
+    announce,
+    claim_interrupted,
+    find_destination,
+    open_place,
+    resume_refusal,
+    run_live,
+)
 from plugins.voting.ballots import curator_rule, is_curator
 from storage import discord as dq
 from storage import lessons as q
@@ -126,6 +134,36 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
             f"Stopping lesson #{live.lesson_id}; its summary follows in {live.destination.mention}.", ephemeral=True
         )
 
+    @app_commands.command(name="resume", description="Resume a lesson a restart cut off (its starter or a curator)")
+    @app_commands.describe(lesson="The lesson number")
+    async def resume(self, interaction: discord.Interaction, lesson: int) -> None:
+        """Run an interrupted lesson on from its stored turns, in its own thread."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild is not None
+        row = await self.app.store.call(q.get_lesson, lesson)
+        curator = None if is_curator(interaction.user, self.app.settings) else curator_rule(self.app.settings)
+        why = resume_refusal(row, lesson, interaction.guild_id, interaction.user.id, curator)
+        destination = None if why or row is None else await find_destination(self.bot, row["thread_id"] or row["channel_id"])
+        if destination is None or row is None:
+            await _tell(interaction, why or f"I can't find lesson #{lesson}'s thread any more, so it can't go on.")
+            return
+        async with self._guild_locks.setdefault(interaction.guild.id, asyncio.Lock()):
+            limit = self.app.settings.lessons.max_concurrent_per_guild
+            if await self.app.store.call(q.running_in_guild, interaction.guild.id) >= limit:
+                await _tell(interaction, f"{limit} lessons are already running in this server; resume this one later.")
+                return
+            if not await self.app.store.call(claim_interrupted, lesson):
+                await _tell(interaction, f"Lesson #{lesson} was resumed already.")
+                return
+        done = len(await self.app.store.call(q.turns, lesson))
+        await announce(self.bot, destination.id, f"▶️ Lesson #{lesson} resumes after turn {done} ({interaction.user.mention}).")
+        starter = int(row["started_by"]) if (row["started_by"] or "").isdigit() else interaction.user.id
+        live = LiveLesson(lesson, interaction.guild.id, starter, destination)
+        live.task = asyncio.create_task(self._run(live), name=f"lesson-{lesson}")
+        self.live[lesson] = live
+        log.info("member %s resumed lesson %s after %s turns", interaction.user.id, lesson, done)
+        await _tell(interaction, f"Lesson #{lesson} resumes in {destination.mention}.")
+
     @app_commands.command(name="list", description="Recent lessons in this server, with status and score")
     async def list_(self, interaction: discord.Interaction) -> None:
         """The ten most recent lessons of this server."""
@@ -183,7 +221,7 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
                 self.bot,
                 lesson["thread_id"] or lesson["channel_id"],
                 f"⚠️ Lesson #{lesson_id} was interrupted when the bot restarted. Its {done} turns are saved; "
-                "start a new lesson with `/lesson start`.",
+                f"resume it with `/lesson resume lesson:{lesson_id}`.",
             )
 
     async def cog_unload(self) -> None:
@@ -197,7 +235,8 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
             await announce(
                 self.bot,
                 live.destination.id,
-                f"⚠️ Lesson #{live.lesson_id} was interrupted: the bot is shutting down. The turns so far are saved.",
+                f"⚠️ Lesson #{live.lesson_id} was interrupted: the bot is shutting down. The turns so far are saved; "
+                f"once it is back, resume it with `/lesson resume lesson:{live.lesson_id}`.",
             )
 
     # ---- helpers

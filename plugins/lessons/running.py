@@ -107,6 +107,38 @@ def link_summary(db: Database, lesson_id: int, message_id: int, channel_id: int)
     dq.record_message(db, message_id, "lesson", lesson_id, channel_id)
 
 
+def resume_refusal(lesson: dict | None, lesson_id: int, guild_id: int | None, member_id: int, curator: str | None) -> str | None:
+    """Why a member may not resume this lesson, or None. `curator` is None for curators, else who they are."""
+    if lesson is None or lesson["guild_id"] != guild_id:
+        return f"There is no lesson #{lesson_id} in this server. `/lesson list` shows recent lessons."
+    if lesson["status"] != "interrupted":
+        return f"Lesson #{lesson_id} is {lesson['status']}; only a lesson interrupted by a restart can be resumed."
+    if curator is not None and lesson["started_by"] != str(member_id):
+        return f"Only the member who started lesson #{lesson_id} or a curator ({curator}) can resume it."
+    return None
+
+
+def claim_interrupted(db: Database, lesson_id: int) -> bool:
+    """Put an interrupted lesson back to running, only if it still is interrupted (two resumes run it once)."""
+    cur = db.execute(
+        "UPDATE lessons SET status = 'running', reason = NULL, finished_at = NULL WHERE id = ? AND status = 'interrupted'",
+        [lesson_id],
+    )
+    return cur.rowcount == 1
+
+
+async def find_destination(client: discord.Client, channel_id: int | None) -> Destination | None:
+    """The thread or channel a lesson posted in, by id (None when it is gone or not a place to post)."""
+    if channel_id is None:
+        return None
+    try:
+        channel = client.get_channel(channel_id) or await client.fetch_channel(channel_id)
+    except discord.HTTPException as e:
+        log.warning("could not find channel %s: %s", channel_id, e)
+        return None
+    return channel if isinstance(channel, discord.TextChannel | discord.Thread) else None
+
+
 async def announce(client: discord.Client, channel_id: int | None, text: str) -> None:
     """Best-effort notice in a channel or thread by id (used after restarts, when nothing is cached)."""
     if channel_id is None:
