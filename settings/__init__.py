@@ -297,3 +297,15 @@ def _check_permissions(config_file: Path, strict: bool) -> None:
 def _looks_secret(config_file: Path) -> bool:
     text = config_file.read_text(encoding="utf-8", errors="replace").lower()
     return any(k in text for k in ("api_key =", "api_key=", "token =", "token="))
+
+
+def terms_warnings(settings: Settings) -> list[str]:
+    """One line per API teacher with no explicit `train_on_outputs`: its outputs train students, and
+    whether that is allowed is up to the provider's terms. Said once at bot start-up."""
+    return [
+        f"models.{name}: API teacher without `train_on_outputs`; its lessons will train students and the "
+        f"provider's terms of use apply (set train_on_outputs = false to keep its outputs out of training, "
+        f"or true to silence this)"
+        for name, spec in sorted(settings.models.items())
+        if spec.backend == "openai" and spec.train_on_outputs is None
+    ]

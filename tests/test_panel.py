@@ -167,3 +167,11 @@ async def test_discord_panel_posts_a_ballot_per_question_and_members_pick_the_wi
     assert labels[f"classroom:ballot:{answers[0]['id']}"] == "🏆 Professor Prof · 0"
     with classroom.db() as db:
         assert v.ballot_counts(db, 1) == {dean: 2}
+
+    # /models shows each teacher's approval rate and panel wins
+    with classroom.db() as db:
+        v.record_decision(db, 1, "curator", "approve")
+    listed = fixtures.reply_to(await classroom.alice.slash(classroom.channel, "models"))
+    fields = {f.name: f.value for f in listed.embeds[0].fields}
+    assert "lessons approved 1/1 (100%) · panel answers won 1/1 (100%)" in fields["dean (`dean`)"]
+    assert "lessons approved 1/1 (100%) · panel answers won 0/1 (0%)" in fields["Professor Prof (`prof`)"]
