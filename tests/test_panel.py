@@ -128,7 +128,7 @@ def test_winner_and_preference_pairs_rank_by_ballots_then_votes():
 
 # ---- Discord: /lesson start teachers:… mode:panel, then members vote on the ballot
 
-PANEL_MODELS = ("prof", "dean", "kid")
+PANEL_MODELS = ("prof", "dean", "kid", "kat")
 
 
 @pytest.fixture
@@ -142,7 +142,8 @@ def classroom_settings(tmp_path):
 def scripted_models():
     return {"prof": TimedScript("prof", fixtures.teacher_reply),
             "dean": TimedScript("dean", lambda m: "Dean's take: " + fixtures.teacher_reply(m)),
-            "kid": TimedScript("kid", fixtures.student_reply)}
+            "kid": TimedScript("kid", fixtures.student_reply),
+            "kat": TimedScript("kat", lambda m: "Kat asks: why does it matter?")}
 
 
 @pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
@@ -175,3 +176,16 @@ async def test_discord_panel_posts_a_ballot_per_question_and_members_pick_the_wi
     fields = {f.name: f.value for f in listed.embeds[0].fields}
     assert "lessons approved 1/1 (100%) · panel answers won 1/1 (100%)" in fields["dean (`dean`)"]
     assert "lessons approved 1/1 (100%) · panel answers won 0/1 (0%)" in fields["Professor Prof (`prof`)"]
+
+
+@pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
+async def test_discord_class_lets_students_take_turns_asking(classroom):
+    result = await classroom.start_lesson(students="kid,kat", turns=6)
+    await classroom.run_out()
+    assert "Lesson #1 started" in fixtures.reply_to(result).content
+    header = classroom.channel.history()[0]
+    assert "Professor Prof teaches Kid the Student and kat" in header.content
+    with classroom.db() as db:
+        asked = [(t["section"], t["speaker"]) for t in q.turns(db, 1) if t["role"] == "student"]
+        assert asked == [(0, "kid"), (1, "kat")]
+        assert [p.model for p in q.participants(db, 1) if p.role == "student"] == ["kid", "kat"]
