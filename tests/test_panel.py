@@ -189,3 +189,13 @@ async def test_discord_class_lets_students_take_turns_asking(classroom):
         asked = [(t["section"], t["speaker"]) for t in q.turns(db, 1) if t["role"] == "student"]
         assert asked == [(0, "kid"), (1, "kat")]
         assert [p.model for p in q.participants(db, 1) if p.role == "student"] == ["kid", "kat"]
+
+
+@pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
+async def test_discord_panel_with_one_teacher_or_an_unknown_one_is_refused_and_stores_nothing(classroom):
+    alone = fixtures.reply_to(await classroom.start_lesson(mode="panel"))
+    assert alone.content == "A panel needs at least two teachers: `teachers:a,b`."
+    ghost = fixtures.reply_to(await classroom.start_lesson(teachers="prof,ghost", mode="panel"))
+    assert "unknown model 'ghost'" in ghost.content
+    with classroom.db() as db:
+        assert q.list_lessons(db) == []
