@@ -159,3 +159,35 @@ async def test_a_source_telling_the_teacher_to_ping_everyone_pings_nobody(classr
     posted = [m.content for m in classroom.webhook_messages()]
     assert any("@everyone" in c for c in posted), "the scripted teacher obeyed the document"
     no_pings(classroom)
+
+
+@pytest.fixture
+def no_nightly_schedule(monkeypatch):
+    monkeypatch.setenv("CLASSROOM_NO_SCHEDULER", "1")
+
+
+async def test_hostile_quiz_answers_are_stored_as_given_or_refused_and_never_ping(classroom, no_nightly_schedule):
+    from quiz.game import MAX_ANSWER_CHARS
+    from tests.test_discord_quiz import seed_lessons
+
+    seed_lessons(classroom)
+    await classroom.alice.slash(classroom.channel, "quiz start", lesson=2, questions=1, seconds=300)
+    [asked] = [m for m in classroom.webhook_messages(classroom.channel) if m.content.startswith("**Question 1")]
+    answers = [t[:MAX_ANSWER_CHARS] or "x" for t in NASTY_TEXT + draw(TEXTS, EXAMPLES)]
+    stored = None
+    for text in answers:
+        shown = await classroom.alice.click(asked, label="Answer")
+        told = (await classroom.alice.submit_modal(shown, {"answer": text})).response
+        assert told.ephemeral
+        if text.strip():
+            assert told.content.startswith("Got it."), told.content
+            stored = text.strip()
+        else:
+            assert told.content == "Your answer was empty, so it wasn't counted."
+        with classroom.db() as db:
+            rows = db.execute("SELECT answer FROM quiz_answers WHERE answerer = ?", [str(classroom.alice.id)]).fetchall()
+        assert [r[0] for r in rows] == ([stored] if stored is not None else [])
+    await classroom.env.advance_time(301)  # the reveal and the scoreboard
+    assert any("Time's up" in m.content for m in classroom.webhook_messages(classroom.channel))
+    no_pings(classroom)
+    print(f"inputs fuzzed: {len(answers)} quiz answers")
