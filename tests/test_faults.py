@@ -37,6 +37,7 @@ class Case:
     plan: bool = False  # no source document: the fault hits the (non-streaming) planning call
     refused: bool = False  # nothing listens at the endpoint
     timeout: float = 30.0  # the teacher's request timeout, in simulated seconds
+    logged: str | None = None  # part of a warning the backend logs (the retry it makes)
 
 
 TIMEOUT = Fault("timeout", seconds=3600)
@@ -44,7 +45,8 @@ CASES = {
     "connection refused": Case((), "failed", "endpoint unreachable after 2 attempts (connection refused)", refused=True),
     "timeout, retried": Case((TIMEOUT,), "finished", timeout=5),
     "timeouts": Case((TIMEOUT, TIMEOUT), "failed", "timed out after 2 attempts (no answer within 5 s)", timeout=5),
-    "429 with Retry-After, retried": Case((Fault("429", retry_after=0.2),), "finished"),
+    "429 with Retry-After, retried": Case((Fault("429", retry_after=0.2),), "finished",
+                                          logged="rate limited (HTTP 429); retry 1 of 1 in 0.2 s"),
     "429 twice": Case((Fault("429", retry_after=0.2),) * 2, "failed", "rate limited after 2 attempts (HTTP 429)"),
     "500, retried": Case(("500",), "finished"),
     "500 twice": Case(("500", "500"), "failed", "server error after 2 attempts (HTTP 500)"),
@@ -120,7 +122,7 @@ async def still_serving(classroom) -> None:
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-async def test_a_failing_teacher_ends_or_retries_the_lesson_cleanly(classroom, fake_openai, case, monkeypatch):
+async def test_a_failing_teacher_ends_or_retries_the_lesson_cleanly(classroom, fake_openai, case, monkeypatch, caplog):
     monkeypatch.setattr(f"{__name__}.SERVER", [fake_openai])
     fake_openai.set_reply(numbered_teacher())
     fake_openai.enqueue(*case.faults)
@@ -137,6 +139,8 @@ async def test_a_failing_teacher_ends_or_retries_the_lesson_cleanly(classroom, f
         lesson = q.get_lesson(db, 1)
         turns = q.turns(db, 1)
     assert fake_openai.pending_faults() == 0
+    if case.logged:
+        assert case.logged in caplog.text
     assert lesson["status"] == case.status, lesson["reason"]
     card = classroom.summary().embeds[0].description
     if case.status == "finished":
