@@ -7,6 +7,7 @@ teachers are scripted.
 from __future__ import annotations
 
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from transformers import AutoTokenizer
 
 from app import open_app
 from backends.registry import ModelRegistry
+from cli.commands import cmd_versions
 from settings import ModelSpec, Settings, TrainingSettings
 from storage import lessons as lq
 from storage import training as tq
@@ -79,7 +81,7 @@ def learned_text(tokenizer, record: dict) -> str:
     return tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != IGNORE])
 
 
-async def test_two_students_each_train_and_promote_independently_and_a_blocked_teacher_trains_nothing(app, tiny_dir):
+async def test_two_students_each_train_and_promote_independently_and_a_blocked_teacher_trains_nothing(app, tiny_dir, capsys):
     lesson = await approved_class_lesson(app, ["kid", "kat"], [("prof", "kid", GATE), ("prof", "kat", FERRY)],
                                          corrector="lawyer")
 
@@ -103,6 +105,11 @@ async def test_two_students_each_train_and_promote_independently_and_a_blocked_t
     learned = "".join(learned_text(tokenizer, r) for r in rows)
     assert GATE + " Got it?" in learned and FERRY + " Got it?" in learned  # prof's explanations
     assert "Yes." not in learned
+
+    # provenance, as `classroom versions` shows it
+    capsys.readouterr()
+    await cmd_versions(app.settings, Namespace(student="kat"))
+    assert "taught by prof 100%" in capsys.readouterr().out.splitlines()[0]
 
 
 def test_models_shows_the_train_on_outputs_flag_and_api_teachers_without_it_are_warned_about(tmp_path):
