@@ -9,6 +9,7 @@ import pytest
 
 from lessons.engine import LessonEngine, LessonError, LessonRequest
 from lessons.panel import next_step, preference_pairs, winner
+from plugins.lessons.requests import model_list_choices
 from storage import AsyncStore, open_db
 from storage import lessons as q
 from storage import votes as v
@@ -189,6 +190,10 @@ async def test_discord_class_lets_students_take_turns_asking(classroom):
         asked = [(t["section"], t["speaker"]) for t in q.turns(db, 1) if t["role"] == "student"]
         assert asked == [(0, "kid"), (1, "kat")]
         assert [p.model for p in q.participants(db, 1) if p.role == "student"] == ["kid", "kat"]
+    # autocomplete for the comma-separated lists completes the last name and skips names already given
+    app = classroom.env.bot.app
+    assert [c.value for c in model_list_choices(app, "kid, k")] == ["kid,kat"]
+    assert sorted(c.value for c in model_list_choices(app, "")) == ["dean", "kat", "kid", "prof"]
 
 
 @pytest.mark.simcord(settle_timeout=fixtures.SETTLE)

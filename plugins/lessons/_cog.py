@@ -19,7 +19,7 @@ from plugins.common.personas import Destination, personas_of
 from plugins.common.summary import STATUS, card_embed, read_card
 from plugins.common.text import shorten
 from plugins.lessons.header import lesson_header
-from plugins.lessons.requests import Refused, lesson_request
+from plugins.lessons.requests import Refused, lesson_request, model_list_choices
 from plugins.lessons.running import (
     LiveLesson,
     announce,
@@ -203,6 +203,11 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
     @start.autocomplete("student")
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         return model_choices(self.app, current)
+
+    @start.autocomplete("teachers")
+    @start.autocomplete("students")
+    async def _model_list_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return model_list_choices(self.app, current)
 
     # ---- events
 

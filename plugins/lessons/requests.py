@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 
 import discord
+from discord import app_commands
 
+from app import AppContext
 from lessons.engine import LessonRequest
 from lessons.sources import SourceError, decode_source
+from plugins.common.choices import model_choices
 from plugins.common.personas import Destination
 from settings import Settings
 
@@ -65,6 +68,19 @@ def model_list(one: str | None, several: str | None) -> list[str]:
     names = [one] if one else []
     names += [n.strip() for n in (several or "").split(",") if n.strip()]
     return list(dict.fromkeys(names))
+
+
+def model_list_choices(app: AppContext, current: str) -> list[app_commands.Choice[str]]:
+    """Autocomplete for `teachers:`/`students:`: the names typed so far, plus each model matching the last one."""
+    head = current[: current.rfind(",") + 1]
+    done = [n.strip() for n in head.split(",") if n.strip()]
+    choices = []
+    for choice in model_choices(app, current[len(head):].strip()):
+        if choice.value not in done:
+            value = ",".join([*done, str(choice.value)])
+            if len(value) <= 100:
+                choices.append(app_commands.Choice(name=value, value=value))
+    return choices
 
 
 async def read_source(source: discord.Attachment, settings: Settings) -> str:
