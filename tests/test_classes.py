@@ -81,6 +81,7 @@ def learned_text(tokenizer, record: dict) -> str:
     return tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != IGNORE])
 
 
+@pytest.mark.slow  # two real training runs, each with its evaluation subprocess
 async def test_two_students_each_train_and_promote_independently_and_a_blocked_teacher_trains_nothing(app, tiny_dir, capsys):
     lesson = await approved_class_lesson(app, ["kid", "kat"], [("prof", "kid", GATE), ("prof", "kat", FERRY)],
                                          corrector="lawyer")
