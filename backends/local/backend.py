@@ -8,23 +8,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import cast
 
 from backends.base import BackendError, GenParams, Message, Usage
-from backends.local.generation import Completion, generate_completion
+from backends.local.batching import Answer, GenRequest, ShutDown
 from backends.local.host import HostClosed, LocalModelHost
 from settings import ModelSpec
 
 log = logging.getLogger(__name__)
 
 _DONE = object()
-
-
-@dataclass(frozen=True)
-class _Answer:
-    completion: Completion
-    adapter_path: str | None
 
 
 class LocalBackend:
@@ -77,6 +70,8 @@ class LocalBackend:
                     self.name, "the request was dropped because the model is shutting down"
                 ) from None
             raise
+        except Exception as e:
+            raise self._error(e) from e
         finally:
             cancel.set()  # if we were cancelled, the worker stops at the next token
         self._fill_usage(usage, answer, started)
@@ -108,7 +103,10 @@ class LocalBackend:
                 yield cast(str, item)
             if future.cancelled():
                 raise BackendError(self.name, "the request was dropped because the model is shutting down")
-            answer = future.result()
+            try:
+                answer = future.result()
+            except Exception as e:
+                raise self._error(e) from e
         finally:
             cancel.set()
             future.cancel()
@@ -129,39 +127,18 @@ class LocalBackend:
         params: GenParams | None,
         cancel: threading.Event,
         on_delta: Callable[[str], None] | None,
-    ) -> Future[_Answer]:
-        params = params or self.default_params
-        host = self.host
-
-        def job() -> _Answer:
-            if host.closing:  # taken off the queue while the host closes: never started
-                raise BackendError(self.name, "the request was dropped because the model is shutting down")
-            try:
-                host.load()
-                with host.use_adapter(self.adapter_name) as view:
-                    completion = generate_completion(
-                        view.model,
-                        view.tokenizer,
-                        messages,
-                        params,
-                        cancel=cancel,
-                        on_delta=on_delta,
-                        should_stop=lambda: host.closing,
-                    )
-                if host.closing:
-                    raise BackendError(self.name, "the model shut down before the answer was finished")
-                return _Answer(completion, view.adapter_path)
-            except Exception as e:
-                raise self._error(e) from e
-
+    ) -> Future[Answer]:
+        request = GenRequest(messages, params or self.default_params, self.adapter_name, cancel, on_delta)
         try:
-            return host.submit(job)
+            return self.host.generate(request)
         except HostClosed as e:
             raise BackendError(self.name, "the model is shut down") from e
 
-    def _error(self, e: Exception) -> BackendError:
+    def _error(self, e: BaseException) -> BackendError:
         if isinstance(e, BackendError):
             return e
+        if isinstance(e, ShutDown):
+            return BackendError(self.name, str(e))
         text = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if "out of memory" in text.lower():
             log.error("model '%s' on %s ran out of memory: %s", self.name, self.host.device, text)
@@ -174,7 +151,7 @@ class LocalBackend:
         log.exception("model '%s' failed on %s", self.name, self.host.device)
         return BackendError(self.name, f"generation failed: {type(e).__name__}: {text}")
 
-    def _fill_usage(self, usage: Usage | None, answer: _Answer, started: float) -> None:
+    def _fill_usage(self, usage: Usage | None, answer: Answer, started: float) -> None:
         if usage is None:
             return
         usage.prompt_tokens = answer.completion.prompt_tokens

@@ -8,6 +8,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,7 +18,12 @@ from typing import Any, TypeVar
 
 import torch
 
+from backends.local.batching import BASE, Answer, DecodeBatch, GenRequest
+from backends.local.generation import Completion
+
 log = logging.getLogger(__name__)
+
+_EMPTY = Completion("", 0, 0)
 
 T = TypeVar("T")
 
@@ -73,12 +79,21 @@ class _Adapter:
 class LocalModelHost:
     """One model (with its tokenizer) in memory, shared by every backend that uses the same weights.
 
-    All torch work runs on the host's single worker thread, one request at a time, so
-    requests never race each other and the event loop never waits on torch. The model
-    loads lazily, on the worker, on first use.
+    All torch work runs on the host's single worker thread, so requests never race each
+    other and the event loop never waits on torch. Chat requests (`generate`) share one
+    decode loop there, up to `max_batch` at a time; a request arriving at an idle host waits
+    `batch_window` seconds for company. The model loads lazily, on the worker, on first use.
     """
 
-    def __init__(self, model_dir: str, *, device: str = "auto", dtype: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch: int = 1,
+        batch_window: float = 0.0,
+    ):
         self.model_dir = model_dir
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -89,6 +104,15 @@ class LocalModelHost:
         self._adapters: dict[str, _Adapter] = {}
         self._serial = itertools.count(1)
         self._closing = threading.Event()
+        self.max_batch = max(1, max_batch)
+        self.batch_window = max(0.0, batch_window)
+        # Chat requests and adapter swaps, in arrival order, waiting for the decode loop.
+        self._queue: deque[GenRequest | Callable[[], None]] = deque()
+        self._queue_lock = threading.Lock()
+        self._serving = False
+        self.peak_batch = 0  # the most requests that have shared one decode step (for tests and benchmarks)
+        self._bound: Counter[str] = Counter()  # internal adapter name → requests bound to it
+        self._retired: list[str] = []  # swapped-out adapters kept until no bound request needs them
 
     def __repr__(self) -> str:
         return f"LocalModelHost({self.model_dir!r}, device={self.device!r}, dtype={self.dtype!r})"
@@ -107,6 +131,11 @@ class LocalModelHost:
     def model(self) -> Any:
         """The loaded model (a PeftModel once adapters are set), or None. Run torch on it only via `submit`."""
         return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer, or None."""
+        return self._tokenizer
 
     @property
     def parameter_count(self) -> int | None:
@@ -139,7 +168,30 @@ class LocalModelHost:
         The swap runs on the worker between two requests, so a request in flight
         finishes on the old weights and the next one uses the new. Raises AdapterError.
         """
-        await self.run(lambda: self._swap_adapter(name, None if path is None else str(path)))
+        future: Future[None] = Future()
+
+        def swap() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    self._swap_adapter(name, None if path is None else str(path))
+                except BaseException as e:
+                    future.set_exception(e)
+                else:
+                    future.set_result(None)
+
+        # Through the request queue, so requests queued before the swap keep the old adapter
+        # and a running batch swaps between two decode steps instead of after its last row.
+        self._enqueue(swap)
+        await asyncio.wrap_future(future)
+
+    def generate(self, request: GenRequest) -> Future[Answer]:
+        """Queue a chat request for the decode loop; its future holds the Answer.
+
+        Cancelling the future before the request starts drops it; after, set `request.cancel`.
+        Raises HostClosed. Errors in the future: the torch error, or batching.ShutDown.
+        """
+        self._enqueue(request)
+        return request.future
 
     async def aclose(self) -> None:
         """Stop running generations, drop queued ones, end the worker and free the weights."""
@@ -148,6 +200,11 @@ class LocalModelHost:
         self._closing.set()
         # Drop the queue now, before the running job notices `closing` and the worker takes the next one.
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._queue_lock:
+            dropped, self._queue = list(self._queue), deque()
+        for item in dropped:
+            if isinstance(item, GenRequest):
+                item.future.cancel()
         await asyncio.to_thread(self._shut_down)
 
     # Everything below runs on the worker thread only.
@@ -205,7 +262,8 @@ class LocalModelHost:
         elif old is not None:
             del self._adapters[name]
         if old is not None:
-            self._drop_adapter(old.internal_name)
+            self._retired.append(old.internal_name)
+        self._drop_retired()
         log.info("adapter %r of %s is now %s", name, self.model_dir, path)
 
     def _load_adapter(self, name: str, path: str) -> str:
@@ -229,14 +287,143 @@ class LocalModelHost:
         self._model.eval()
         return internal
 
-    def _drop_adapter(self, internal_name: str) -> None:
-        if self._adapters:
-            if self._model.active_adapter == internal_name:
-                self._model.set_adapter(next(iter(self._adapters.values())).internal_name)
-            self._model.delete_adapter(internal_name)
+    def _drop_retired(self) -> None:
+        """Delete swapped-out adapters that no running or waiting request is bound to."""
+        for internal in [r for r in self._retired if not self._bound[r]]:
+            self._retired.remove(internal)
+            living = [a.internal_name for a in self._adapters.values()] + self._retired
+            if living:
+                if self._model.active_adapter == internal:
+                    self._model.set_adapter(living[0])
+                self._model.delete_adapter(internal)
+            else:
+                # peft cannot delete its last adapter; unloading gives back the untouched base model.
+                self._model = self._model.unload()
+
+    def _enqueue(self, item: GenRequest | Callable[[], None]) -> None:
+        with self._queue_lock:
+            if self._closing.is_set():
+                raise HostClosed(f"{self!r} is closed")
+            self._queue.append(item)
+            start = not self._serving
+            self._serving = True
+        if start:
+            try:
+                self._executor.submit(self._serve)
+            except RuntimeError as e:  # the executor shut down between the check and here
+                raise HostClosed(f"{self!r} is closed") from e
+
+    def _take(self, waiting: deque[GenRequest], batch: DecodeBatch) -> bool:
+        """Move the queue into `waiting`, binding each request to the adapter of the moment and
+        running swaps in order. False (and the loop must end) once nothing is left anywhere."""
+        while True:
+            with self._queue_lock:
+                if not self._queue:
+                    if not waiting and not batch.rows:
+                        self._serving = False
+                        return False
+                    return True
+                item = self._queue.popleft()
+            if isinstance(item, GenRequest):
+                self._bind(item)
+                waiting.append(item)
+            else:
+                item()
+
+    def _serve(self) -> None:
+        """The decode loop: runs while requests are waiting or running, admitting new ones between steps."""
+        try:
+            self.load()
+        except Exception as e:
+            self._fail_queue(e)
+            return
+        waiting: deque[GenRequest] = deque()
+        batch = DecodeBatch(self._model, self._tokenizer, peft=False)
+        slept = False
+        while self._take(waiting, batch):
+            if self._closing.is_set():
+                self._stop(waiting, batch)
+                return
+            if not batch.rows and self.batch_window > 0 and not slept:
+                slept = True  # an idle host waits once for company before starting a batch
+                time.sleep(self.batch_window)
+                continue
+            self._admit(waiting, batch)
+            for row, error in batch.finished(closing=False):
+                self._finish(row.request, error, lambda row=row: DecodeBatch.answer(row))
+            if not batch.rows:
+                slept = False
+                continue
+            try:
+                self._refresh(batch)
+                self.peak_batch = max(self.peak_batch, len(batch))
+                batch.step()
+            except Exception as e:
+                log.exception("a decode step of %s failed for %d requests", self.model_dir, len(batch))
+                for row in batch.fail_all():
+                    self._finish(row.request, e, None)
+
+    def _refresh(self, batch: DecodeBatch) -> None:
+        # A swap may have wrapped the model in a PeftModel, or unloaded it back to the base.
+        from peft import PeftModel
+
+        batch.model = self._model
+        batch.peft = isinstance(self._model, PeftModel)
+
+    def _admit(self, waiting: deque[GenRequest], batch: DecodeBatch) -> None:
+        while waiting and len(batch) < self.max_batch:
+            request = waiting.popleft()
+            if not request.future.set_running_or_notify_cancel():  # its caller gave up while it waited
+                self._release(request)
+                continue
+            if request.cancel.is_set():
+                self._finish(request, None, lambda: Answer(_EMPTY, None))
+                continue
+            try:
+                self._refresh(batch)
+                batch.admit(request)
+            except Exception as e:
+                self._finish(request, e, None)
+
+    def _finish(self, request: GenRequest, error: BaseException | None, answer: Callable[[], Answer] | None) -> None:
+        self._release(request)
+        if error is not None or answer is None:
+            request.future.set_exception(error or RuntimeError("no answer"))
         else:
-            # peft cannot delete its last adapter; unloading gives back the untouched base model.
-            self._model = self._model.unload()
+            request.future.set_result(answer())
+
+    def _stop(self, waiting: deque[GenRequest], batch: DecodeBatch) -> None:
+        for request in waiting:
+            request.future.cancel()  # never started: the caller reports it as dropped
+        for row, error in batch.finished(closing=True):
+            self._finish(row.request, error, None)
+        with self._queue_lock:
+            self._serving = False
+
+    def _fail_queue(self, error: Exception) -> None:
+        with self._queue_lock:
+            items, self._queue, self._serving = list(self._queue), deque(), False
+        for item in items:
+            if isinstance(item, GenRequest):
+                if item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(error)
+            else:
+                item()  # a swap loads the model itself and reports the same error
+
+    def _bind(self, request: GenRequest) -> None:
+        from peft import PeftModel
+
+        adapter = self._adapters.get(request.adapter_name) if request.adapter_name else None
+        if adapter is not None:
+            request.adapter_internal, request.adapter_path = adapter.internal_name, adapter.path
+        elif isinstance(self._model, PeftModel):
+            request.adapter_internal = BASE
+        self._bound[request.adapter_internal] += 1
+
+    def _release(self, request: GenRequest) -> None:
+        self._bound[request.adapter_internal] -= 1
+        if self._retired:
+            self._drop_retired()
 
     def _shut_down(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,232 @@
+"""Dynamic batching: many chat requests share one decode loop on a model host's worker thread.
+
+Each request is prefilled on its own (its prompt cache is then left-padded into the batch's
+KV cache), and every decode step runs one forward pass for all rows. A row leaves the batch
+as soon as it stops (end of turn, stop string, token limit, cancelled), so a short answer
+never waits for a long one and a cancelled request frees its slot for the next.
+
+Rows on a PEFT model name their adapter per row (peft's mixed-batch `adapter_names`, with
+"__base__" for the base weights), so a teacher and a student share one forward pass.
+Worker thread only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+from backends.base import GenParams, Message
+from backends.local.generation import (
+    Completion,
+    SeededSampler,
+    TextTracker,
+    _check_context,
+    _generation_config,
+    chat_input_ids,
+)
+
+BASE = "__base__"
+"""peft's name for 'no adapter' in a mixed batch."""
+
+
+class ShutDown(RuntimeError):
+    """The host closed while the request was running."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A finished request: what it produced and which adapter directory produced it (None: base weights)."""
+
+    completion: Completion
+    adapter_path: str | None
+
+
+@dataclass
+class GenRequest:
+    """One chat completion waiting for, or running in, a batch."""
+
+    messages: Sequence[Message]
+    params: GenParams
+    adapter_name: str | None
+    cancel: threading.Event
+    on_delta: Callable[[str], None] | None = None
+    future: Future[Answer] = field(default_factory=Future)
+    # bound on the worker when the request is taken off the host's queue
+    adapter_internal: str = BASE
+    adapter_path: str | None = None
+
+
+@dataclass
+class _Row:
+    request: GenRequest
+    prompt_len: int
+    tracker: TextTracker
+    processors: LogitsProcessorList
+    eos: frozenset[int]
+    ids: list[int]  # generated so far; the last one is the next input
+    prompt: torch.Tensor  # the prompt's ids [1, n], which a repetition penalty counts too
+    position: int  # position of the next input token
+
+
+def _processors(params: GenParams, device: torch.device) -> LogitsProcessorList:
+    out = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.temperature > 0:
+        out.append(SeededSampler(params.temperature, params.top_p, params.seed, device))
+    return out
+
+
+def _eos_ids(config: Any) -> frozenset[int]:
+    eos = config.eos_token_id
+    if eos is None:
+        return frozenset()
+    return frozenset(eos if isinstance(eos, list) else [eos])
+
+
+class DecodeBatch:
+    """The rows decoding together, their shared left-padded KV cache and attention mask."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, peft: bool):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.peft = peft
+        self.rows: list[_Row] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [rows, cached length]; 0 marks left padding
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def adapters_in_use(self) -> set[str]:
+        """Internal adapter names the running rows were bound to."""
+        return {r.request.adapter_internal for r in self.rows}
+
+    def admit(self, request: GenRequest) -> None:
+        """Prefill `request` alone and add it to the batch. Raises on a bad prompt or a torch error."""
+        params = request.params
+        device = self.model.device
+        input_ids = chat_input_ids(self.tokenizer, request.messages).to(device)
+        prompt_len = int(input_ids.shape[1])
+        _check_context(self.model, prompt_len, params.max_new_tokens)
+        processors = _processors(params, device)
+        extra = {"adapter_names": [request.adapter_internal]} if self.peft else {}
+        config = _generation_config(self.model, self.tokenizer, params)
+        config.max_new_tokens = 1
+        config.return_dict_in_generate = True
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=config,
+                logits_processor=LogitsProcessorList(p for p in processors if isinstance(p, SeededSampler)),
+                **extra,
+            )
+        first = int(out.sequences[0, -1])
+        eos = _eos_ids(config)
+        tracker = TextTracker(self.tokenizer, params.stop)
+        row = _Row(request, prompt_len, tracker, processors, eos, ids=[first], prompt=input_ids, position=prompt_len)
+        self._merge(out.past_key_values, prompt_len)
+        self.rows.append(row)
+
+    def step(self) -> None:
+        """One forward pass for every row; each row's next token is chosen by its own processors."""
+        assert self.cache is not None and self.mask is not None
+        device = self.model.device
+        tokens = torch.tensor([[r.ids[-1]] for r in self.rows], dtype=torch.long, device=device)
+        positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        extra = {"adapter_names": [r.request.adapter_internal for r in self.rows]} if self.peft else {}
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=tokens, attention_mask=self.mask, position_ids=positions, cache=self.cache, use_cache=True, **extra
+            ).logits[:, -1, :]
+            chosen = logits.argmax(dim=-1).tolist()
+            for i, row in enumerate(self.rows):
+                if row.processors:
+                    generated = torch.tensor([row.ids], dtype=torch.long, device=device)
+                    seen = torch.cat([row.prompt, generated], dim=1)
+                    chosen[i] = int(row.processors(seen, logits[i : i + 1].float()).argmax())
+        for row, token in zip(self.rows, chosen, strict=True):
+            row.position += 1
+            row.ids.append(token)
+
+    def finished(self, closing: bool) -> list[tuple[_Row, BaseException | None]]:
+        """Take out the rows that are done, delivering their text deltas first; returns them with any error."""
+        done: list[tuple[_Row, BaseException | None]] = []
+        keep: list[int] = []
+        for i, row in enumerate(self.rows):
+            ended = row.ids[-1] in row.eos
+            text_ids = row.ids[:-1] if ended else row.ids
+            delta = row.tracker.update(text_ids)
+            if delta and row.request.on_delta is not None:
+                row.request.on_delta(delta)
+            if closing:
+                done.append((row, ShutDown("the model shut down before the answer was finished")))
+            elif ended or row.tracker.stopped or row.request.cancel.is_set() or (
+                len(row.ids) >= row.request.params.max_new_tokens
+            ):
+                done.append((row, None))
+            else:
+                keep.append(i)
+        if done:
+            self._keep(keep)
+        return done
+
+    def fail_all(self) -> list[_Row]:
+        """Empty the batch (after a torch error) and return its rows."""
+        rows, self.rows = self.rows, []
+        self.cache = self.mask = None
+        return rows
+
+    @staticmethod
+    def answer(row: _Row) -> Answer:
+        """The finished row's completion, after handing out the rest of its text."""
+        rest = row.tracker.flush()
+        if rest and row.request.on_delta is not None:
+            row.request.on_delta(rest)
+        completion = Completion(row.tracker.final(), row.prompt_len, len(row.ids))
+        return Answer(completion, row.request.adapter_path)
+
+    def _merge(self, cache: DynamicCache, length: int) -> None:
+        mask = torch.ones((1, length), dtype=torch.long, device=self.model.device)
+        if self.cache is None or self.mask is None:
+            self.cache, self.mask = cache, mask
+            return
+        total = max(length, self.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, total), _left_pad(theirs.keys, total)], dim=0)
+            mine.values = torch.cat([_left_pad(mine.values, total), _left_pad(theirs.values, total)], dim=0)
+        self.mask = torch.cat([_left_pad(self.mask, total), _left_pad(mask, total)], dim=0)
+
+    def _keep(self, keep: list[int]) -> None:
+        if not keep:
+            self.rows, self.cache, self.mask = [], None, None
+            return
+        assert self.cache is not None and self.mask is not None
+        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        # Columns that are padding in every remaining row can go: they cost attention for nothing.
+        start = int((mask.sum(dim=0) > 0).nonzero()[0])
+        self.mask = mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        self.rows = [self.rows[i] for i in keep]
+
+
+def _left_pad(t: torch.Tensor, total: int) -> torch.Tensor:
+    """Pad a cache tensor [b, h, t, d] or a mask [b, t] with zeros on the left up to length `total`."""
+    dim = 2 if t.dim() == 4 else 1
+    missing = total - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

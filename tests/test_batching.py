@@ -1,0 +1,188 @@
+"""Dynamic batching on a local model host: concurrent requests share decode steps without changing answers.
+
+All on the tiny random model (no end-of-turn token, so every request runs to its token limit
+unless stopped), so each test runs in seconds and depends on step counts, not wall-clock speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from backends.base import BackendError, GenParams, Message
+from backends.local import LocalBackend, LocalModelHost
+from backends.local.generation import generate_completion
+from settings import ModelSpec
+from tests.tiny import build_tiny_model, make_lora
+
+PROMPTS: list[list[Message]] = [
+    [{"role": "user", "content": "Say hello in three languages."}],
+    [{"role": "user", "content": "Why is the sky blue?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+2?"}],
+    [{"role": "user", "content": "Name a long river in Africa and tell me where it starts."}],
+]
+
+
+def greedy(n: int) -> GenParams:
+    return GenParams(max_new_tokens=n, temperature=0.0)
+
+
+def spec(name: str, path: str) -> ModelSpec:
+    return ModelSpec(name=name, backend="local", path=path, device="cpu", generation={"temperature": 0.0})
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+async def host(tiny_dir: str) -> AsyncIterator[LocalModelHost]:
+    """A host that batches up to 4 requests and waits 50 ms for company when idle."""
+    host = LocalModelHost(tiny_dir, device="cpu", max_batch=4, batch_window=0.05)
+    await host.ensure_loaded()
+    yield host
+    await host.aclose()
+
+
+async def batched(host: LocalModelHost, rows: int) -> None:
+    """Wait (up to a minute on a loaded machine) until `rows` requests have shared a decode step."""
+    for _ in range(1200):
+        if host.peak_batch >= rows:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never saw {rows} requests in one batch")
+
+
+def backend(host: LocalModelHost, adapter: str | None = None, name: str = "m") -> LocalBackend:
+    return LocalBackend(spec(name, host.model_dir), host, adapter)
+
+
+async def test_batched_greedy_answers_equal_unbatched_and_plain_generate(host: LocalModelHost) -> None:
+    model = backend(host)
+    lengths = [30, 7, 19, 41]  # different prompt lengths and token limits, so rows pad and leave at different steps
+    together = await asyncio.gather(*(model.chat(p, greedy(n)) for p, n in zip(PROMPTS, lengths, strict=True)))
+    assert host.peak_batch == 4
+    alone = [await model.chat(p, greedy(n)) for p, n in zip(PROMPTS, lengths, strict=True)]
+    assert together == alone
+
+    def plain() -> list[str]:
+        import threading
+
+        return [
+            generate_completion(host.model, host.tokenizer, p, greedy(n), cancel=threading.Event()).text
+            for p, n in zip(PROMPTS, lengths, strict=True)
+        ]
+
+    assert await host.run(plain) == together
+    assert len(set(together)) == 4
+
+
+async def test_a_short_request_returns_while_a_long_one_in_the_same_batch_runs_on(host: LocalModelHost) -> None:
+    model = backend(host)
+    long = asyncio.create_task(model.chat(PROMPTS[0], greedy(3000)))
+    short = await asyncio.wait_for(model.chat(PROMPTS[1], greedy(5)), timeout=60)
+    assert short and not long.done()
+    assert host.peak_batch == 2
+    long.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long
+
+
+async def test_cancelling_a_running_request_frees_its_slot_for_a_waiting_one(tiny_dir: str) -> None:
+    host = LocalModelHost(tiny_dir, device="cpu", max_batch=2)
+    model = backend(host)
+    try:
+        first = asyncio.create_task(model.chat(PROMPTS[0], greedy(3000)))
+        second = asyncio.create_task(model.chat(PROMPTS[1], greedy(3000)))
+        waiting = asyncio.create_task(model.chat(PROMPTS[2], greedy(4)))
+        await batched(host, 2)
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # both slots are taken by endless requests
+        first.cancel()
+        assert await asyncio.wait_for(waiting, timeout=60)
+        assert not second.done()
+        second.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+    finally:
+        await host.aclose()
+
+
+async def test_a_request_cancelled_while_waiting_never_starts(tiny_dir: str) -> None:
+    host = LocalModelHost(tiny_dir, device="cpu", max_batch=1)
+    model = backend(host)
+    try:
+        running = asyncio.create_task(model.chat(PROMPTS[0], greedy(3000)))
+        deltas: list[str] = []
+
+        async def listen() -> None:
+            async for d in model.stream(PROMPTS[1], greedy(3000)):
+                deltas.append(d)
+
+        queued = asyncio.create_task(listen())
+        await asyncio.sleep(0.3)
+        queued.cancel()
+        running.cancel()
+        await asyncio.gather(running, queued, return_exceptions=True)
+        assert await asyncio.wait_for(model.chat(PROMPTS[2], greedy(3)), timeout=60)
+        assert deltas == [] and host.peak_batch == 1
+    finally:
+        await host.aclose()
+
+
+async def test_teacher_rows_never_see_the_adapter_and_student_rows_always_do(
+    host: LocalModelHost, tmp_path: Path
+) -> None:
+    teacher, student = backend(host, None, "teacher"), backend(host, "student", "student")
+    base = [await teacher.chat(p, greedy(24)) for p in PROMPTS[:2]]
+    await host.set_adapter("student", make_lora(host.model_dir, tmp_path / "a1", std=0.5))
+    tuned = [await student.chat(p, greedy(24)) for p in PROMPTS[:2]]
+    assert tuned != base
+    mixed = await asyncio.gather(
+        teacher.chat(PROMPTS[0], greedy(24)),
+        student.chat(PROMPTS[0], greedy(24)),
+        teacher.chat(PROMPTS[1], greedy(24)),
+        student.chat(PROMPTS[1], greedy(24)),
+    )
+    assert host.peak_batch == 4
+    assert mixed == [base[0], tuned[0], base[1], tuned[1]]
+
+
+async def test_an_adapter_swap_during_a_batch_changes_only_requests_that_start_after_it(
+    host: LocalModelHost, tmp_path: Path
+) -> None:
+    student = backend(host, "student")
+    a1 = make_lora(host.model_dir, tmp_path / "a1", std=0.5)
+    a2 = make_lora(host.model_dir, tmp_path / "a2", seed=1, std=0.5)
+    await host.set_adapter("student", a1)
+    on_a1 = await student.chat(PROMPTS[0], greedy(60))
+    await host.set_adapter("student", a2)
+    on_a2 = await student.chat(PROMPTS[0], greedy(60))
+    assert on_a1 != on_a2
+    await host.set_adapter("student", a1)
+
+    stream = student.stream(PROMPTS[0], greedy(60))
+    first = await anext(stream)  # the request is running on a1
+    await host.set_adapter("student", a2)
+    after = await student.chat(PROMPTS[0], greedy(60))
+    rest = [d async for d in stream]
+    assert first + "".join(rest) == on_a1
+    assert after == on_a2
+    assert list(host.model.peft_config) == [next(iter(host.model.peft_config))]  # a1 went once unused
+
+
+async def test_closing_a_batching_host_drops_queued_requests_and_ends_running_ones(tiny_dir: str) -> None:
+    host = LocalModelHost(tiny_dir, device="cpu", max_batch=2)
+    model = backend(host)
+    running = [asyncio.create_task(model.chat(p, greedy(3000))) for p in PROMPTS[:2]]
+    queued = asyncio.create_task(model.chat(PROMPTS[2], greedy(3000)))
+    await batched(host, 2)
+    await host.aclose()
+    for task in running:
+        with pytest.raises(BackendError, match="before the answer was finished"):
+            await task
+    with pytest.raises(BackendError, match="dropped"):
+        await queued
