@@ -18,7 +18,7 @@ from storage import AsyncStore, open_db
 from storage import lessons as q
 from storage import votes as v
 from tests.scripted import ScriptedBackend, scripted_registry
-from tests.test_panel import SOURCE, teacher
+from tests.test_panel import SOURCE, STUDENT_LINE, teacher
 
 TEACHERS = ["ann", "bob", "cy"]
 
@@ -42,7 +42,7 @@ async def panel_lesson(db_path: Path) -> tuple[int, list[dict]]:
     store = AsyncStore(open_db(db_path))
     try:
         backends = {n: teacher(n) for n in TEACHERS}
-        backends["kid"] = ScriptedBackend("kid", "What does that mean for me?")
+        backends["kid"] = ScriptedBackend("kid", STUDENT_LINE)
         engine = LessonEngine(store, scripted_registry(backends, trainable=["kid"]))
         lid = await engine.open(LessonRequest(topic="Vellmoor", teachers=TEACHERS, students=["kid"], max_turns=20,
                                               mode="panel", source_name="v.md", source_text=SOURCE))
@@ -89,6 +89,6 @@ def test_ballots_and_votes_export_as_dpo_pairs_trl_reads(tmp_path, capsys):
     assert second["rejected"][0]["content"] == answers[(1, "bob")]["content"]
     # the prompt is the conversation up to the student's question: system, request, explanation, question
     assert [m["role"] for m in first["prompt"]] == ["system", "user", "assistant", "user"]
-    assert first["prompt"][2]["content"].startswith("ann explains: The gate")
-    assert first["prompt"][3]["content"] == "What does that mean for me?"
+    assert first["prompt"][2]["content"].startswith("ann explains")
+    assert first["prompt"][3]["content"] == STUDENT_LINE
     assert all(str(m) not in out.read_text() for m in ("m1", "m2", "m3"))  # no member ids in the export
