@@ -102,7 +102,7 @@ async def test_two_students_each_train_and_promote_independently_and_a_blocked_t
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     rows = [json.loads(line) for line in (app.settings.home / "runs" / str(first[1].run_id) / "dataset.jsonl").open()]
     lawyer = [m["content"] for r in rows for m in r["messages"] if m["content"].startswith("Yes. ")]
-    assert sorted(lawyer) == ["Yes. " + FERRY, "Yes. " + GATE]
+    assert set(lawyer) == {"Yes. " + FERRY, "Yes. " + GATE}
     learned = "".join(learned_text(tokenizer, r) for r in rows)
     assert GATE + " Got it?" in learned and FERRY + " Got it?" in learned  # prof's explanations
     assert "Yes." not in learned
