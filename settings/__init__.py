@@ -62,6 +62,11 @@ class ModelSpec(_Strict):
     path: str | None = None
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # local backend: concurrent requests share one decode loop, up to max_batch rows; an idle
+    # model waits batch_window_ms for company before starting (a teacher and a student on the
+    # same weights share one host and so one batch: the first spec to load sets these)
+    max_batch: int = Field(8, ge=1, le=64)
+    batch_window_ms: float = Field(5.0, ge=0, le=1000)
     persona: Persona = Persona()
     generation: Generation = Generation()
     trainable: bool = False

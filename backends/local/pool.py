@@ -29,8 +29,12 @@ class HostPool:
     def __len__(self) -> int:
         return len(self._hosts)
 
-    def get(self, model_dir: str, device: str = "auto", dtype: str = "auto") -> LocalModelHost:
+    def get(
+        self, model_dir: str, device: str = "auto", dtype: str = "auto", *, max_batch: int = 1, batch_window: float = 0.0
+    ) -> LocalModelHost:
         """The host for already-resolved weights, created (not loaded) on first request.
+
+        `max_batch` and `batch_window` (seconds) apply when this call creates the host.
 
         With 'auto' device or dtype this asks torch about the GPU; prefer `host_for` on the event loop.
         """
@@ -39,7 +43,9 @@ class HostPool:
         key = (os.path.realpath(model_dir) if os.path.isdir(model_dir) else model_dir, device, dtype)
         host = self._hosts.get(key)
         if host is None or host.closing:
-            host = self._hosts[key] = LocalModelHost(key[0], device=device, dtype=dtype)
+            host = self._hosts[key] = LocalModelHost(
+                key[0], device=device, dtype=dtype, max_batch=max_batch, batch_window=batch_window
+            )
         return host
 
     async def host_for(self, spec: ModelSpec) -> LocalModelHost:
@@ -51,7 +57,9 @@ class HostPool:
                 model_dir, device, dtype = await asyncio.to_thread(_resolve, spec, self.cache_dir)
             except Exception as e:
                 raise BackendError(spec.name, f"cannot prepare {spec.path}: {e}") from e
-            return self.get(model_dir, device, dtype)
+            return self.get(
+                model_dir, device, dtype, max_batch=spec.max_batch, batch_window=spec.batch_window_ms / 1000
+            )
 
     async def backend_for(self, spec: ModelSpec, adapter_name: str | None = None) -> LocalBackend:
         """A LocalBackend for `spec` on its shared host; `adapter_name` is the student's adapter, None for base weights."""
