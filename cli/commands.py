@@ -103,7 +103,8 @@ async def cmd_lesson(settings: Settings, args: argparse.Namespace) -> int:
         out = sys.stderr if args.json else sys.stdout
         outcome = await app.engine.run(lesson_id, TerminalTranscript(app, out))
         if args.json:
-            print(json.dumps({"lesson_id": lesson_id, "turns": outcome.turns, "status": outcome.status, "reason": outcome.reason}))
+            print(json.dumps({"lesson_id": lesson_id, "turns": outcome.turns, "status": outcome.status, "reason": outcome.reason,
+                              "direction": direction.label}))
         else:
             print(f"lesson id: {lesson_id}")
         return 0 if outcome.status in ("finished", "stopped") else 1
@@ -154,6 +155,22 @@ async def cmd_approve(settings: Settings, args: argparse.Namespace) -> int:
                 raise CliError(f"lesson {lesson_id} is {lesson['status']}; only finished or stopped lessons can be approved")
             await app.store.call(v.record_decision, lesson_id, "cli", decision)
             print(f"lesson {lesson_id}: {decision}d")
+    return 0
+
+
+async def cmd_ballot(settings: Settings, args: argparse.Namespace) -> int:
+    """Cast (or, repeated, take back) a ballot for the best panel answer; prints the question's standings."""
+    async with open_app(settings) as app:
+        turn = await app.store.call(q.get_turn, args.turn_id)
+        if turn is None or turn["kind"] != "panel":
+            raise CliError(f"turn {args.turn_id} is not a panel answer (`classroom show ID` lists them as 'panel')")
+        choice = await app.store.call(v.cast_ballot, args.turn_id, args.member)
+        counts = await app.store.call(v.ballot_counts, turn["lesson_id"])
+        turns = await app.store.call(q.turns, turn["lesson_id"])
+    print(f"ballot of {args.member}: " + (f"turn {choice}" if choice else "taken back"))
+    for t in turns:
+        if t["kind"] == "panel" and t["section"] == turn["section"]:
+            print(f"  turn {t['id']} by {t['speaker']}: {counts.get(t['id'], 0)}")
     return 0
 
 

@@ -104,7 +104,8 @@ def test_cli_lesson_prints_the_direction(tmp_path, fake_openai):
         f'[models.{n}]\nbackend = "openai"\nmodel = "fake"\nbase_url = "{fake_openai.base_url}"\nmax_retries = 1\n'
         f'size_class = "{size}"\npersona.display_name = "{n.capitalize()}"\n' for n, size in (("prof", "small"), ("kid", "large")))
     cfg.write_text(f'home = "{tmp_path / "home"}"\n[lessons]\ndefault_teacher = "prof"\ndefault_student = "kid"\n{models}')
-    run = classroom(cfg, "lesson", "--topic", "what a stock is", "--turns", "3")
+    run = classroom(cfg, "lesson", "--topic", "what a stock is", "--turns", "3", "--json")
     assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads(run.stdout.splitlines()[-1])["direction"] == "SLM→LLM"
     assert "direction: SLM→LLM (prof: SLM; kid: LLM)" in run.stderr
     assert "warning: teacher prof (SLM) is smaller than student kid (LLM)" in run.stderr

@@ -69,12 +69,18 @@ def test_ballots_and_votes_export_as_dpo_pairs_trl_reads(tmp_path, capsys):
     answers = {(t["section"], t["speaker"]): t for t in turns if t["kind"] == "panel"}
     db = open_db(tmp_path / "home" / "classroom.db")
     # question 1: members prefer bob's answer by ballot
-    for member, who in (("m1", "bob"), ("m2", "bob"), ("m3", "ann")):
+    for member, who in (("m1", "bob"), ("m2", "bob")):
         v.cast_ballot(db, answers[(0, who)]["id"], member)
     # question 2: no ballots, but 👍 on ann's answer and 👎 on bob's
     v.toggle_vote(db, "turn", answers[(1, "ann")]["id"], "m1", 1)
     v.toggle_vote(db, "turn", answers[(1, "bob")]["id"], "m2", -1)
     db.conn.close()
+    # a third member's ballot, cast from the terminal
+    assert main(["--config", str(cfg), "ballot", str(answers[(0, "ann")]["id"]), "--member", "m3"]) == 0
+    shown = capsys.readouterr().out
+    assert f"turn {answers[(0, 'bob')]['id']} by bob: 2" in shown and f"turn {answers[(0, 'ann')]['id']} by ann: 1" in shown
+    assert main(["--config", str(cfg), "ballot", str(turns[0]["id"])]) == 2  # not a panel answer
+    assert "is not a panel answer" in capsys.readouterr().err
 
     out = tmp_path / "prefs.jsonl"
     assert main(["--config", str(cfg), "export", "--format", "dpo", "--out", str(out)]) == 0
