@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import pytest
 
 from storage import lessons as q
+from tests import crash_child
 from tests import discord_fixtures as fixtures
 from tests.discord_fixtures import reply_to
 
-pytestmark = pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
 
-
+@pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
 async def test_an_interrupted_lesson_says_so_and_its_starter_resumes_it(classroom):
     classroom.teacher.word_seconds = 1
     await classroom.start_lesson(turns=6)
@@ -45,3 +55,137 @@ async def test_an_interrupted_lesson_says_so_and_its_starter_resumes_it(classroo
     assert classroom.summary(thread)
     again = reply_to(await classroom.carol.slash(classroom.channel, "lesson resume", lesson=1))
     assert "Lesson #1 is finished; only a lesson interrupted by a restart can be resumed." in again.content
+
+
+# ---- the SIGKILL harness
+
+SOAK = os.environ.get("CLASSROOM_SOAK") == "1"
+KILLS = int(os.environ.get("CLASSROOM_CRASH_KILLS", "200" if SOAK else "20"))
+
+
+@dataclass
+class Ledger:
+    """What the killed processes promised, read back from their side file, and what was checked."""
+
+    votes: dict[tuple[str, int], int] = field(default_factory=dict)  # last acknowledged vote per member and turn
+    pending: dict[tuple[str, int], int] = field(default_factory=dict)  # a click in flight when the process died
+    turns: set[int] = field(default_factory=set)
+    ended: dict[int, tuple[str, int]] = field(default_factory=dict)
+    acks: int = 0
+    offset: int = 0
+    kills: int = 0
+    checks: int = 0
+    losses: list[str] = field(default_factory=list)
+
+    def read(self, path: Path) -> list[dict]:
+        """New lines since the last read (a torn last line, cut by the kill, is left for no one)."""
+        if not path.exists():
+            return []
+        data = path.read_text(encoding="utf-8")
+        lines = data[self.offset :].split("\n")
+        complete, self.offset = lines[:-1], self.offset + len(data[self.offset :]) - len(lines[-1])
+        events = [json.loads(line) for line in complete if line]
+        for e in events:
+            if "intent" in e:
+                self.pending[tuple(e["intent"])] = e["value"]
+            elif "ack" in e:
+                key = tuple(e["ack"])
+                self.votes[key] = e["value"]
+                self.pending.pop(key, None)
+                self.acks += 1
+            elif "turn" in e:
+                self.turns.add(e["turn"])
+            elif "status" in e:
+                self.ended[e["lesson"]] = (e["status"], e["turns"])
+        return events
+
+
+def check_database(path: Path, ledger: Ledger) -> set[int]:
+    """After a kill: the file is intact and holds everything acknowledged. Returns the lessons left running."""
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = {(m, int(t)): val for m, t, val in conn.execute("SELECT member_id, target_id, value FROM votes WHERE target_type = 'turn'")}
+        for key, value in ledger.votes.items():
+            allowed = {value, ledger.pending.get(key, value)}  # a click in flight may or may not have landed
+            ledger.checks += 1
+            if stored.get(key, 0) not in allowed:
+                ledger.losses.append(f"vote {key}: acknowledged {value}, stored {stored.get(key, 0)}")
+        turn_ids = {r[0] for r in conn.execute("SELECT id FROM turns")}
+        ledger.checks += len(ledger.turns)
+        ledger.losses += [f"turn {t} was shown but is not stored" for t in sorted(ledger.turns - turn_ids)]
+        for lesson_id, seqs in _seqs(conn).items():
+            assert seqs == list(range(1, len(seqs) + 1)), f"lesson {lesson_id} has turns {seqs}"
+        for lesson_id, (status, turns) in ledger.ended.items():
+            row = conn.execute("SELECT status, (SELECT COUNT(*) FROM turns WHERE lesson_id = ?) FROM lessons WHERE id = ?",
+                               [lesson_id, lesson_id]).fetchone()
+            assert row == (status, turns), f"lesson {lesson_id} ended {status} with {turns} turns, stored {row}"
+        return {r[0] for r in conn.execute("SELECT id FROM lessons WHERE status = 'running'")}
+    finally:
+        conn.close()
+
+
+def _seqs(conn: sqlite3.Connection) -> dict[int, list[int]]:
+    seqs: dict[int, list[int]] = {}
+    for lesson_id, seq in conn.execute("SELECT lesson_id, seq FROM turns ORDER BY lesson_id, seq"):
+        seqs.setdefault(lesson_id, []).append(seq)
+    return seqs
+
+
+def forkserver() -> multiprocessing.context.BaseContext:
+    """Children are forked from a server that imported the bot once: a start costs a fork, not 3 s of imports."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tests.crash_child"])
+    return ctx
+
+
+def test_sigkill_at_random_points_loses_nothing_acknowledged(tmp_path: Path):
+    home, acks, log = tmp_path / "home", tmp_path / "acks.jsonl", tmp_path / "child.log"
+    rng = random.Random(int(os.environ.get("CLASSROOM_CRASH_SEED", "6")))
+    ledger = Ledger()
+    running_at_kill: set[int] = set()
+    interrupted = resumed_ready = 0
+    ctx = forkserver()
+    for i in range(KILLS + 1):
+        seed = i if i < KILLS else -1  # the last start resumes what the last kills cut off, and adds nothing
+        child = ctx.Process(target=crash_child.run, args=(str(home), str(acks), seed, str(log)), daemon=True)
+        child.start()
+        deadline = time.monotonic() + 120
+        ready = None
+        while ready is None and time.monotonic() < deadline and child.is_alive():
+            ready = next((e["ready"] for e in ledger.read(acks) if "ready" in e), None)
+            time.sleep(0.05)
+        assert ready is not None, f"the bot did not start (exit {child.exitcode}):\n{log.read_text()[-3000:]}"
+        assert set(ready) == running_at_kill  # every lesson the kill cut off is marked interrupted at start-up
+        interrupted += len(ready)
+        resumed_ready += bool(ready)
+        if i == KILLS:
+            drain_started = time.monotonic()
+            child.join(timeout=120)
+            print(f"drain took {time.monotonic() - drain_started:.1f} s")
+            assert child.exitcode == 0, f"resuming failed:\n{log.read_text()[-3000:]}"
+            ledger.read(acks)
+            check_database(home / "classroom.db", ledger)
+            break
+        time.sleep(rng.uniform(0.0, 6.0 if SOAK else 2.5))  # during start-up resumes, lessons, vote storms
+        assert child.is_alive(), f"the bot died on its own:\n{log.read_text()[-3000:]}"
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(timeout=30)
+        assert child.exitcode == -signal.SIGKILL
+        ledger.kills += 1
+        ledger.read(acks)
+        running_at_kill = check_database(home / "classroom.db", ledger)
+
+    conn = sqlite3.connect(home / "classroom.db")
+    statuses = dict(conn.execute("SELECT status, COUNT(*) FROM lessons GROUP BY status").fetchall())
+    conn.close()
+    figures = {"kills": ledger.kills, "acknowledged_votes": ledger.acks, "turns_shown": len(ledger.turns),
+               "checks": ledger.checks, "lessons_interrupted": interrupted,
+               "lessons_resumed_to_end": sum(1 for s, _ in ledger.ended.values() if s == "finished"),
+               "lessons": statuses, "losses": len(ledger.losses)}
+    print("crash harness:", json.dumps(figures))
+    if os.environ.get("CLASSROOM_CRASH_REPORT"):
+        Path(os.environ["CLASSROOM_CRASH_REPORT"]).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    assert ledger.losses == []
+    assert ledger.kills == KILLS and ledger.acks > 100 and interrupted > 0
+    assert set(statuses) == {"finished"}, statuses  # every lesson a kill cut off was resumed to its end
