@@ -165,25 +165,21 @@ def tiny_dir(tmp_path_factory) -> str:
 
 async def test_a_local_teacher_running_out_of_memory_fails_the_lesson_with_the_reason(classroom, tiny_dir, monkeypatch):
     from backends.local import LocalBackend, LocalModelHost
-    from backends.local import backend as local_backend
+    from backends.local.batching import DecodeBatch
 
     host = LocalModelHost(tiny_dir, device="cpu")
     await host.ensure_loaded()  # loading is slow native work; the fault is in generation
     teacher = LocalBackend(ModelSpec(name="prof", backend="local", path=tiny_dir), host, owns_host=True)
-    real = local_backend.generate_completion
     calls = []
 
-    def out_of_memory(*args, **kwargs):
-        calls.append(args)
+    def out_of_memory(self):  # the decode step after the prompt's prefill: where a long reply runs out
+        calls.append(len(self))
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total capacity)")
 
-    monkeypatch.setattr(local_backend, "generate_completion", out_of_memory)
+    monkeypatch.setattr(DecodeBatch, "step", out_of_memory)
     await restart_with_external_models(classroom, {"prof": teacher, "kid": classroom.student})
-    try:
-        await classroom.start_lesson(turns=3, source=SOURCE)
-        await until(classroom, lambda: not classroom.live_lessons())
-    finally:
-        monkeypatch.setattr(local_backend, "generate_completion", real)
+    await classroom.start_lesson(turns=3, source=SOURCE)
+    await until(classroom, lambda: not classroom.live_lessons())
 
     with classroom.db() as db:
         lesson = q.get_lesson(db, 1)

@@ -27,6 +27,7 @@ POLICY = {  # who may run it; "admin" commands are hidden from others by default
     "lesson show": ANYONE,
     "lesson start": ANYONE,
     "lesson stop": ANYONE,  # the starter, or a curator: checked per lesson at run time
+    "lesson resume": ANYONE,  # the starter, or a curator: checked per lesson at run time
     "models": ANYONE,
     "privacy forget-me": ANYONE,
     "quiz start": ANYONE,
