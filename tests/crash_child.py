@@ -21,6 +21,7 @@ import json
 import os
 import random
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,22 @@ async def drain(env: simcord.Env, resuming: asyncio.Task[None], ack: Acks) -> No
     ack(drained=True)
 
 
-async def storm(env: simcord.Env, members: list[Any], channel: Any, rng: random.Random, ack: Acks) -> None:
+@dataclass
+class Votes:
+    """What this process's members voted, as they were told (kept across lessons: old turns stay clickable)."""
+
+    mine: dict[tuple[str, int], int] = field(default_factory=dict)
+    unsure: set[tuple[str, int]] = field(default_factory=set)
+    seen: set[int] = field(default_factory=set)
+    lessons: int = 0
+
+
+async def storm(env: simcord.Env, members: list[Any], channel: Any, rng: random.Random, ack: Acks, votes: Votes) -> None:
     """Start a lesson, then click votes on its turns as they appear, until the lesson ends."""
-    mine: dict[tuple[str, int], int] = {}
-    unsure: set[tuple[str, int]] = set()
-    seen: set[int] = set()
-    await members[0].slash(channel, "lesson start", topic="what a stock is", turns=TURNS)
+    mine, unsure, seen = votes.mine, votes.unsure, votes.seen
+    starter = members[votes.lessons % len(members)]  # a member may start one lesson at a time (cooldown)
+    votes.lessons += 1
+    await starter.slash(channel, "lesson start", topic="what a stock is", turns=TURNS)
     for _ in range(400):
         await env.advance_time(0.5)
         place = channel.threads[-1] if channel.threads else channel
@@ -112,8 +123,12 @@ async def storm(env: simcord.Env, members: list[Any], channel: Any, rng: random.
             after = 0 if mine.get(key, 0) == value else value
             ack(intent=list(key), value=after)
             try:
-                await member.click(message, custom_id=cid)
+                result = await member.click(message, custom_id=cid)
             except TimeoutError:  # a loaded machine: no answer in time, so nothing was promised
+                unsure.add(key)
+                continue
+            if result.ephemeral:  # the member was told it failed: nothing was promised either
+                ack(refused=list(key), said=getattr(result.response, "content", None))
                 unsure.add(key)
                 continue
             mine[key] = after
@@ -144,8 +159,9 @@ async def main(home: Path, acks_path: Path, seed: int) -> None:
         if seed < 0:
             await drain(env, resuming, ack)
             return
+        votes = Votes()
         while True:
-            await storm(env, members, channel, rng, ack)
+            await storm(env, members, channel, rng, ack, votes)
             if resuming.done():
                 resuming.result()
 

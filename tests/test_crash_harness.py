@@ -186,6 +186,6 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(tmp_path: Path):
     print("crash harness:", json.dumps(figures))
     if os.environ.get("CLASSROOM_CRASH_REPORT"):
         Path(os.environ["CLASSROOM_CRASH_REPORT"]).write_text(json.dumps(figures, indent=2), encoding="utf-8")
-    assert ledger.losses == []
+    assert ledger.losses == [], ledger.losses[:10]
     assert ledger.kills == KILLS and ledger.acks > 100 and interrupted > 0
     assert set(statuses) == {"finished"}, statuses  # every lesson a kill cut off was resumed to its end
