@@ -1,0 +1,186 @@
+"""Generation benchmark on the bundled SmolLM2-135M: our batching host against a plain transformers loop.
+
+In one run, interleaved so both sides see the same machine load:
+  * plain: `model.generate` (fp32, greedy, KV cache), one request after another;
+  * ours:  LocalModelHost (the decode loop the bot uses), requests sent concurrently.
+It reports time to first token, single-stream tokens/s, and the wall time of N concurrent
+requests against the time of one. `--memory` instead measures peak RSS of the default bot setup
+(teacher and student on the bundled model, the student with a LoRA adapter) against one plain
+loaded model, each in a fresh subprocess.
+
+    .venv/bin/python bench/generate.py --new-tokens 100 --concurrent 8 --repeats 2
+    .venv/bin/python bench/generate.py --memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from backends.base import GenParams, Message, Usage  # noqa: E402
+from backends.bundled import resolve_model_dir  # noqa: E402
+from backends.local import LocalBackend, LocalModelHost  # noqa: E402
+from settings import BUNDLED_MODEL, ModelSpec  # noqa: E402
+
+QUESTIONS = [
+    "Explain photosynthesis to a child.",
+    "Why do we have seasons on Earth?",
+    "Describe how a bicycle works.",
+    "What are the causes of rain?",
+    "Tell me about the history of paper.",
+    "How do vaccines help the body?",
+    "Why is the ocean salty?",
+    "What does a volcano do?",
+]
+
+
+def asks(n: int) -> list[list[Message]]:
+    """N /ask-sized single-question conversations."""
+    return [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(n)]
+
+
+def plain_run(model: object, tokenizer: object, messages: list[Message], new_tokens: int) -> tuple[float, int]:
+    """One plain transformers.generate call: (seconds, new tokens)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(  # type: ignore[attr-defined]
+            **ids, max_new_tokens=new_tokens, do_sample=False, repetition_penalty=1.1
+        )
+    return time.perf_counter() - started, int(out.shape[1] - ids["input_ids"].shape[1])
+
+
+async def ours_run(backend: LocalBackend, messages: list[Message], params: GenParams) -> tuple[float, float, int]:
+    """One streamed request through the host: (seconds to first delta, seconds, new tokens)."""
+    usage = Usage()
+    started = time.perf_counter()
+    first = 0.0
+    async for _ in backend.stream(messages, params, usage):
+        first = first or time.perf_counter() - started
+    return first, time.perf_counter() - started, usage.completion_tokens
+
+
+async def bench(args: argparse.Namespace) -> dict[str, object]:
+    model_dir = resolve_model_dir(BUNDLED_MODEL, REPO / ".cache" / "models")
+    host = LocalModelHost(model_dir, device="cpu", dtype=args.dtype, max_batch=args.concurrent, batch_window=0.005)
+    spec = ModelSpec(name="smol", backend="local", path=model_dir, device="cpu")
+    backend = LocalBackend(spec, host)
+    await host.ensure_loaded()
+    model, tokenizer = host.model, host.tokenizer
+    params = GenParams(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.1)
+    convs = asks(args.concurrent)
+    rows: dict[str, list[float]] = {k: [] for k in ("plain_ttft", "plain_tps", "plain_one", "plain_all", "ours_ttft", "ours_tps", "ours_one", "ours_all")}
+    for _ in range(args.repeats):
+        # plain: time to first token is a 1-token generate; the concurrent load runs one after another
+        rows["plain_ttft"].append(await host.run(lambda: plain_run(model, tokenizer, convs[0], 1)[0]))
+        secs, n = await host.run(lambda: plain_run(model, tokenizer, convs[0], args.new_tokens))
+        rows["plain_tps"].append(n / secs)
+        rows["plain_one"].append(secs)
+        started = time.perf_counter()
+        for c in convs:
+            await host.run(lambda c=c: plain_run(model, tokenizer, c, args.new_tokens))
+        rows["plain_all"].append(time.perf_counter() - started)
+        # ours
+        # time to first token the same way as plain: a whole 1-token request
+        first, secs, n = await ours_run(backend, convs[0], GenParams(max_new_tokens=1, temperature=0.0))
+        rows["ours_ttft"].append(secs)
+        first, secs, n = await ours_run(backend, convs[0], params)
+        rows["ours_tps"].append(n / secs)
+        rows["ours_one"].append(secs)
+        started = time.perf_counter()
+        await asyncio.gather(*(ours_run(backend, c, params) for c in convs))
+        rows["ours_all"].append(time.perf_counter() - started)
+    await host.aclose()
+    best = {k: (max(v) if k.endswith("tps") else min(v)) for k, v in rows.items()}
+    return {
+        "new_tokens": args.new_tokens,
+        "concurrent": args.concurrent,
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "best": {k: round(v, 3) for k, v in best.items()},
+        "all": {k: [round(x, 3) for x in v] for k, v in rows.items()},
+        "ratio_all_over_one": {
+            "plain": round(best["plain_all"] / best["plain_one"], 2),
+            "ours": round(best["ours_all"] / best["ours_one"], 2),
+        },
+        "single_stream_speedup": round(best["ours_tps"] / best["plain_tps"], 2),
+        "peak_batch": host.peak_batch,
+    }
+
+
+MEMORY_PLAIN = """
+import resource, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+m = AutoModelForCausalLM.from_pretrained({d!r}).eval(); t = AutoTokenizer.from_pretrained({d!r})
+ids = t.apply_chat_template([{{"role": "user", "content": "Hi"}}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+with torch.inference_mode(): m.generate(**ids, max_new_tokens=8, do_sample=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+MEMORY_BOT = """
+import asyncio, resource, sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from backends.registry import ModelRegistry
+from settings import ModelSpec
+from tests.tiny import make_lora
+async def main():
+    specs = {{"teacher": ModelSpec(name="teacher", backend="local", path={d!r}, device="cpu"),
+             "smol": ModelSpec(name="smol", backend="local", path={d!r}, device="cpu", trainable=True)}}
+    reg = ModelRegistry(specs, cache_dir=Path({cache!r}))
+    teacher, student = await reg.backend("teacher"), await reg.backend("smol")
+    await reg.set_adapter("smol", make_lora({d!r}, Path({cache!r}) / "lora", std=0.05))
+    hi = [{{"role": "user", "content": "Hi"}}]
+    await asyncio.gather(teacher.chat(hi), student.chat(hi))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    await reg.aclose()
+asyncio.run(main())
+"""
+
+
+def memory() -> dict[str, object]:
+    """Peak RSS (MiB) of one plain loaded model, and of a teacher + adapted student on the bundled model."""
+    model_dir = resolve_model_dir(BUNDLED_MODEL, REPO / ".cache" / "models")
+    with tempfile.TemporaryDirectory() as cache:
+        out = {}
+        for name, code in (("one_model", MEMORY_PLAIN), ("teacher_and_student", MEMORY_BOT)):
+            src = code.format(d=model_dir, repo=str(REPO), cache=cache)
+            done = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True)
+            out[name] = round(int(done.stdout.split()[-1]) / 1024, 1)
+    out["ratio"] = round(out["teacher_and_student"] / out["one_model"], 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=100)
+    parser.add_argument("--concurrent", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--memory", action="store_true", help="measure peak RSS instead")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = memory() if args.memory else asyncio.run(bench(args))
+    result["cpu_seconds"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_utime, 1)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
