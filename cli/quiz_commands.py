@@ -23,6 +23,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--questions", required=True, metavar="FILE.jsonl",
                    help='one {"question": ...} per line, optionally with "answer" or "keywords"')
     s.add_argument("--out", default=None, metavar="FILE.jsonl", help="write the graded answers here (default: stdout)")
+    s.add_argument("--notes", default=None, metavar="FILE",
+                   help="answer with this document in context, as a grounded teacher would (the ceiling a "
+                   "student taught from it can aim for); without it, no notes, exactly as /ask")
     s.add_argument("--json", action="store_true", help="print a JSON summary last")
     s = sub.add_parser("report", help="report cards: held-out scores per topic and per adapter version")
     s.add_argument("--student", default=None, help="only this student (default: every trainable student)")
@@ -40,6 +43,11 @@ async def cmd_quiz(settings: Settings, args: argparse.Namespace) -> int:
         items = await asyncio.to_thread(cli_eval.read_questions, Path(args.questions))
     except cli_eval.QuestionsError as e:
         raise CliError(str(e)) from None
+    notes = None
+    if args.notes:
+        from lessons.sources import read_source  # its SourceError is one clear line in cli.main
+
+        _, notes = read_source(args.notes, settings.lessons.max_source_bytes)
     name = args.student or settings.default_student
     async with open_app(settings) as app:
         spec = app.models.spec(name)
@@ -48,7 +56,7 @@ async def cmd_quiz(settings: Settings, args: argparse.Namespace) -> int:
         active = await app.store.call(tq.active_adapter, name) if spec.backend == "local" and spec.trainable else None
 
         async def ask(question: str) -> str:
-            return await answer_question(backend, name, spec.display_name, question, params)
+            return await answer_question(backend, name, spec.display_name, question, params, notes=notes)
 
         rows = await cli_eval.answer_all(items, ask)
     adapter = {"version": active["version"], "path": active["path"]} if active else None

@@ -10,17 +10,23 @@ from lessons import prompts
 from lessons.guards import clean_reply
 
 
-def ask_messages(display_name: str, question: str) -> list[Message]:
-    """The messages /ask sends: the student's system prompt and the question, nothing else."""
-    return [*prompts.ask(display_name), {"role": "user", "content": question.strip()}]
+def ask_messages(display_name: str, question: str, notes: str | None = None) -> list[Message]:
+    """The messages /ask sends: the student's system prompt and the question, nothing else
+    (with `notes`, the document too: how a grounded teacher would answer)."""
+    return [*prompts.ask(display_name, notes), {"role": "user", "content": question.strip()}]
+
+
+ANSWER_TOKENS = 64  # a quiz answer is a fact or two; rambling on only risks contradicting it
 
 
 def greedy(params: GenParams) -> GenParams:
-    """The model's own generation settings with sampling turned off."""
-    return replace(params, temperature=0.0)
+    """The model's own generation settings with sampling off and the answer kept short."""
+    return replace(params, temperature=0.0, max_new_tokens=min(params.max_new_tokens, ANSWER_TOKENS))
 
 
-async def answer_question(backend: ChatBackend, student: str, display_name: str, question: str, params: GenParams) -> str:
+async def answer_question(
+    backend: ChatBackend, student: str, display_name: str, question: str, params: GenParams, notes: str | None = None
+) -> str:
     """The student's greedy answer, cleaned the way /ask cleans it. Raises BackendError."""
-    text = await backend.chat(ask_messages(display_name, question), greedy(params), Usage())
+    text = await backend.chat(ask_messages(display_name, question, notes), greedy(params), Usage())
     return clean_reply(text, own_labels=[student, display_name, "assistant"], other_labels=["user"]) or text.strip()
