@@ -28,7 +28,7 @@ from lessons.events import (
     TurnFinished,
     TurnStarted,
 )
-from lessons.guards import clean_reply, is_echo, names_other_speaker
+from lessons.guards import clean_reply, is_echo, names_other_speaker, ungrounded_terms
 from lessons.syllabus import Section, sections_from_plan, sections_from_source
 from storage import AsyncStore
 from storage import lessons as q
@@ -231,7 +231,10 @@ class LessonEngine:
         params = self.models.params(step.speaker)
         await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
         kind = step.kind
-        text, usage = "", Usage()
+        # A grounded teacher's turn that names numbers or names absent from its notes is retried;
+        # if every attempt invents something, the one inventing least is kept.
+        grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
+        best: tuple[list[str], str, Usage] | None = None
         for attempt in range(RETRIES + 1):
             if attempt:
                 params = replace(params, temperature=max(params.temperature, 0.7), seed=(params.seed or 0) + attempt)
@@ -241,12 +244,21 @@ class LessonEngine:
             if raw is None:
                 return None
             text = clean_reply(raw, own_labels=own, other_labels=others)
-            if text and not is_echo(text, recent):
+            if not text or is_echo(text, recent):
+                log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
+                continue
+            made_up = ungrounded_terms(text, grounding) if grounding else []
+            if best is None or len(made_up) < len(best[0]):
+                best = (made_up, text, usage)
+            if not made_up:
                 break
-            log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
+            log.info("lesson %s: %s said %s, which its notes don't (attempt %d)",
+                     lesson["id"], step.speaker, ", ".join(made_up), attempt + 1)
+        if best is not None:
+            _, text, usage = best
+        elif step.role == "teacher":
+            raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
         else:
-            if step.role == "teacher":
-                raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
             text, kind = STUDENT_FALLBACK, "fallback"
         return await self.store.call(
             q.add_turn,

@@ -58,3 +58,21 @@ def is_echo(reply: str, previous: list[str], threshold: float = 0.9) -> bool:
 
 def _normalise(text: str) -> str:
     return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+_NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-zA-Z'-]+")  # a capitalised word inside a sentence
+
+
+def ungrounded_terms(reply: str, notes: str) -> list[str]:
+    """Numbers and names in a grounded teacher's reply that its notes never mention: likely made up.
+
+    A 135M teacher with notes in front of it still invents ("the ferry takes 5 hours", "the
+    Pacific Ocean"); such a turn would teach the student something false. Names are capitalised
+    words inside a sentence, so "The" or "She" opening a sentence don't count.
+    """
+    have_numbers = {n.replace(",", "") for n in _NUMBER.findall(notes)}
+    have_words = set(re.findall(r"[a-z0-9']+", notes.lower()))
+    missing = [n for n in _NUMBER.findall(reply) if n.replace(",", "") not in have_numbers]
+    missing += [w for w in _NAME.findall(reply) if w.lower().strip("'") not in have_words and w != "I"]
+    return list(dict.fromkeys(missing))

@@ -7,6 +7,8 @@ need it to teach one point well.
 
 from __future__ import annotations
 
+import re
+
 from backends.base import Message
 from lessons.syllabus import Section
 
@@ -32,14 +34,21 @@ def plan(topic: str) -> list[Message]:
 
 
 def explain(name: str, topic: str, section: Section) -> list[Message]:
-    """Teach one point, then check understanding with one question."""
+    """Teach one point, then check understanding with one question.
+
+    Grounded, the notes come in the request itself rather than the system prompt: small
+    models stick to text right before the instruction and drift from text in a system prompt.
+    """
+    ask = "Explain it in two to four sentences, then ask me one short question to check that I understood."
+    if section.text:
+        return [
+            {"role": "system", "content": teacher_system(name, topic, None)},
+            {"role": "user", "content": f"Notes on {section.title}:\n{section.text}\n\n"
+             "Teach me these notes, keeping their exact names and numbers. " + ask},
+        ]
     return [
-        {"role": "system", "content": teacher_system(name, topic, section.text or None)},
-        {
-            "role": "user",
-            "content": f"Teach me this point: {section.title}\n"
-            "Explain it in two to four sentences, then ask me one short question to check that I understood.",
-        },
+        {"role": "system", "content": teacher_system(name, topic, None)},
+        {"role": "user", "content": f"Teach me this point: {section.title}\n{ask}"},
     ]
 
 
@@ -58,6 +67,14 @@ def student_reply(name: str, topic: str, teacher_turn: str) -> list[Message]:
 
 def correct(name: str, topic: str, section: Section, teacher_turn: str, student_turn: str) -> list[Message]:
     """The teacher says whether the student was right, corrects, and restates the key fact."""
+    question = check_question(teacher_turn)
+    if section.text and question:
+        return [
+            {"role": "system", "content": teacher_system(name, topic, None)},
+            {"role": "user", "content": f"Notes on {section.title}:\n{section.text}\n\n"
+             f"You asked me: {question}\nI answered: {student_turn}\n\n"
+             "Tell me if I am right, then answer your question correctly from the notes in one or two sentences."},
+        ]
     return [
         {"role": "system", "content": teacher_system(name, topic, section.text or None)},
         {"role": "user", "content": f"Teach me this point: {section.title}"},
@@ -70,6 +87,20 @@ def correct(name: str, topic: str, section: Section, teacher_turn: str, student_
     ]
 
 
-def ask(name: str) -> list[Message]:
-    """The system prompt a student answers members' questions with, exactly as in quizzes."""
-    return [{"role": "system", "content": f"You are {name}. Answer briefly and accurately."}]
+def check_question(teacher_turn: str) -> str | None:
+    """The question a teacher's explanation ends on (its last sentence ending in '?'), if any."""
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", teacher_turn.strip())
+    questions = [s.strip(" *_\"") for s in sentences if s.strip().rstrip("*_\"").endswith("?")]
+    question = questions[-1] if questions else None
+    return question if question and 8 <= len(question) <= 300 else None
+
+
+def ask(name: str, notes: str | None = None) -> list[Message]:
+    """The system prompt a student answers members' questions with, exactly as in quizzes.
+
+    With `notes`, the same prompt plus the document: how a grounded teacher answers.
+    """
+    base = f"You are {name}. Answer briefly and accurately."
+    if notes:
+        return [{"role": "system", "content": f"{base} Answer from these notes.\n\nNotes:\n{notes}"}]
+    return [{"role": "system", "content": base}]

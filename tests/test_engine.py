@@ -22,6 +22,8 @@ def teacher_reply(messages):
         return PLAN
     if last.startswith("Teach me this point:"):
         return f"Here is the point: {last.split(':', 1)[1].splitlines()[0].strip()}. Do you follow?"
+    if last.startswith("Notes on ") and "Teach me these notes" in last:  # grounded: notes in the request
+        return f"Here is the point: {last.split(':', 1)[0].removeprefix('Notes on ')}. Do you follow?"
     return "Yes, that's right. The key fact stands."
 
 
@@ -118,9 +120,27 @@ async def test_grounded_lesson_teaches_each_source_section_with_its_notes(store)
     doc = "# Gate\n" + "The gate code of Vellmoor is 4471. " * 5 + "\n# Mayor\n" + "The mayor of Vellmoor is Ada Quill. " * 5
     lid, outcome, _ = await run_lesson(make_engine(store, teacher=teacher), turns=30, source_name="v.md", source_text=doc)
     assert outcome.reason == "syllabus covered"
-    systems = [c[0]["content"] for c in teacher.calls]
-    assert any("4471" in s for s in systems) and any("Ada Quill" in s for s in systems)
-    assert teacher.calls[0][-1]["content"].startswith("Teach me this point: Gate")  # no planning call when grounded
+    requests = [c[-1]["content"] for c in teacher.calls]
+    assert any("4471" in r for r in requests) and any("Ada Quill" in r for r in requests)
+    assert requests[0].startswith("Notes on Gate:")  # no planning call when grounded
+
+
+async def test_a_grounded_teacher_inventing_facts_is_retried_and_the_grounded_reply_kept(store):
+    replies = iter(["The gate code of Vellmoor is 9999, set by King Harold. What is the code?",
+                    "The gate code of Vellmoor is 4471. What is the code?"])
+
+    def teacher(messages):
+        last = messages[-1]["content"]
+        return next(replies) if "Teach me these notes" in last else "Yes. The gate code of Vellmoor is 4471."
+
+    prof = ScriptedBackend("prof", teacher)
+    doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
+    lid, outcome, _ = await run_lesson(make_engine(store, teacher=prof), turns=3, source_name="v.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert outcome.reason == "syllabus covered"
+    assert turns[0]["content"] == "The gate code of Vellmoor is 4471. What is the code?"
+    correction_request = prof.calls[-1][-1]["content"]
+    assert "You asked me: What is the code?" in correction_request and "4471" in correction_request
 
 
 async def test_student_speaking_as_teacher_is_cut(store):
