@@ -90,7 +90,10 @@ def test_lesson_streams_stores_and_exports(cfg, tmp_path):
     assert classroom(cfg, "approve", str(lesson_id)).returncode == 0
     assert classroom(cfg, "export", "--approved-only", "--format", "openai", "--out", str(out)).returncode == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2  # two sections taught in six turns
+    # two sections taught in six turns: each dialogue, then its check question asked directly
+    assert len(rows) == 4
+    qa = rows[1]["messages"]
+    assert [m["role"] for m in qa] == ["system", "user", "assistant"] and qa[1]["content"] == "What do you think?"
     roles = [m["role"] for m in rows[0]["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
     assert rows[0]["messages"][2]["content"] == "Lesson on What a share is. What do you think?"

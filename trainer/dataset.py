@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,7 +65,36 @@ def lesson_examples(
             messages.pop()
         if any(m["role"] == "assistant" for m in messages):
             examples.append({"id": f"lesson{lesson_id}-s{section}", "lesson_id": lesson_id, "messages": messages})
+        qa = check_question_example(turns, student_name, excluded, blocked)
+        if qa is not None:
+            examples.append({"id": f"lesson{lesson_id}-s{section}-qa", "lesson_id": lesson_id, "messages": qa})
     return examples
+
+
+_VERDICT = re.compile(r"^(?:(?:yes|no|correct|incorrect|right|wrong|exactly|not quite|almost|great|good|well done|"
+                      r"that'?s (?:right|correct|not (?:quite )?right|wrong|incorrect))\b[^.!]{0,40}[.!,]+\s*)+", re.I)
+
+
+def check_question_example(
+    turns: list[dict[str, Any]], student_name: str, excluded: set[int], blocked: set[str]
+) -> list[dict[str, Any]] | None:
+    """The section's check-for-understanding as a plain question and answer, the way members ask.
+
+    The teacher's explanation ends on a question and its correction answers it from the notes.
+    Asked directly, with the verdict on the student's attempt ("Not quite.") dropped, that pair
+    is the shape of every /ask and quiz question: facts learnt only as a lecture are often not
+    recalled when asked. Only when the correction may be trained on: not voted down (`excluded`
+    turn ids) and not from a model whose outputs may not be trained on (`blocked` speakers).
+    """
+    explain = next((t for t in turns if t["role"] == "teacher" and t["kind"] == "explain"), None)
+    correction = next((t for t in turns if t["role"] == "teacher" and t["kind"] == "correct"), None)
+    question = prompts.check_question(explain["content"]) if explain else None
+    if question is None or correction is None or correction["id"] in excluded or correction["speaker"] in blocked:
+        return None
+    answer = _VERDICT.sub("", correction["content"]).strip() or correction["content"]
+    return [*prompts.ask(student_name), {"role": "user", "content": question},
+            {"role": "assistant", "content": answer, "train": True, "turn_id": correction["id"],
+             "speaker": correction["speaker"]}]
 
 
 def _sections(db: Database, lesson_id: int) -> list[tuple[int, list[dict[str, Any]]]]:
