@@ -1,0 +1,53 @@
+"""Keeping a small grounded teacher honest, and turning its check questions into question-answer examples."""
+
+from __future__ import annotations
+
+from lessons.guards import ungrounded_terms
+from lessons.prompts import check_question
+from trainer.dataset import check_question_example
+
+NOTES = "Vellmoor is a small island town in the Quiet Sea. About 2,300 people live there. The mayor is Ada Quill."
+
+
+def test_numbers_and_names_missing_from_the_notes_are_flagged():
+    assert ungrounded_terms("Vellmoor lies in the Pacific Ocean and 5,800 people live there.", NOTES) == [
+        "5,800", "Pacific", "Ocean"]
+
+
+def test_facts_from_the_notes_pass_whatever_their_formatting():
+    reply = "The town of Vellmoor has 2300 people. Its mayor is Ada Quill. She lives in the Quiet Sea town."
+    assert ungrounded_terms(reply, NOTES) == []
+
+
+def test_capitalised_words_opening_a_sentence_are_not_names():
+    assert ungrounded_terms("The mayor is kind. She smiles. I agree.", NOTES) == []
+
+
+def test_the_check_question_is_the_last_question_of_the_explanation():
+    turn = "Vellmoor has 2,300 people. Is that many? Not really.\n**How many people live in Vellmoor?**"
+    assert check_question(turn) == "How many people live in Vellmoor?"
+    assert check_question("Vellmoor is small. That is all.") is None
+
+
+def _turn(tid, role, kind, content, speaker="prof"):
+    return {"id": tid, "role": role, "kind": kind, "content": content, "speaker": speaker, "section": 0}
+
+
+TURNS = [
+    _turn(1, "teacher", "explain", "About 2,300 people live in Vellmoor. How many people live there?"),
+    _turn(2, "student", "reply", "Maybe 10?", speaker="kid"),
+    _turn(3, "teacher", "correct", "Not quite. About 2,300 people live in Vellmoor."),
+]
+
+
+def test_a_check_question_becomes_a_direct_question_answered_by_the_correction_without_its_verdict():
+    messages = check_question_example(TURNS, "Kid", excluded=set(), blocked=set())
+    assert messages is not None
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert messages[1]["content"] == "How many people live there?"
+    assert messages[2]["content"] == "About 2,300 people live in Vellmoor." and messages[2]["train"] is True
+
+
+def test_no_question_example_from_a_voted_down_or_blocked_correction():
+    assert check_question_example(TURNS, "Kid", excluded={3}, blocked=set()) is None
+    assert check_question_example(TURNS, "Kid", excluded=set(), blocked={"prof"}) is None
