@@ -189,3 +189,99 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(tmp_path: Path):
     assert ledger.losses == [], ledger.losses[:10]
     assert ledger.kills == KILLS and ledger.acks > 100 and interrupted > 0
     assert set(statuses) == {"finished"}, statuses  # every lesson a kill cut off was resumed to its end
+
+
+# ---- SIGKILL during training and adapter swaps
+
+TRAIN_KILLS = int(os.environ.get("CLASSROOM_CRASH_TRAIN_KILLS", "40" if SOAK else "6"))  # half in swap storms
+
+
+def adapter_loads(tiny_dir: str, path: str) -> bool:
+    """The adapter directory is complete and peft loads it onto the base model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if not all((Path(path) / f).is_file() for f in ("adapter_config.json", "adapter_model.safetensors")):
+        return False
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), path)
+    return True
+
+
+def kill_group(pid: int) -> None:
+    """Kill a trainer subprocess the killed child left behind (it runs in its own process group)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_sigkill_during_training_and_adapter_swaps_keeps_a_complete_active_adapter(tmp_path: Path):
+    from storage import open_db
+    from storage import training as tq
+    from tests import crash_train_child
+    from tests.tiny import build_tiny_model, make_lora
+
+    tiny_dir = build_tiny_model(tmp_path / "tiny", with_eos=True)
+    home, acks, log = tmp_path / "home", tmp_path / "acks.jsonl", tmp_path / "child.log"
+    db = open_db(home / "classroom.db")  # two adapters to swap between from the first start
+    for seed in (1, 2):
+        lora = make_lora(tiny_dir, home / "adapters" / "kid" / f"v{seed}", seed=seed)
+        row = tq.add_adapter(db, student="kid", path=str(lora), run_id=None, parent_id=None, data_hash=None)
+        tq.activate_adapter(db, row["id"])
+    db.conn.close()
+    rng = random.Random(int(os.environ.get("CLASSROOM_CRASH_SEED", "6")))
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tests.crash_train_child"])
+    active, pending, training, spawned, offset = 2, None, False, [], 0
+    figures = {"kills": 0, "kills_during_training": 0, "kills_during_swaps": 0, "swaps_acknowledged": 0,
+               "runs_marked_interrupted": 0, "losses": 0}
+    for i in range(TRAIN_KILLS):
+        child = ctx.Process(target=crash_train_child.run, args=(str(home), tiny_dir, str(acks), i, str(log)), daemon=True)
+        child.start()
+        deadline, ready = time.monotonic() + 120, False
+        while not ready and time.monotonic() < deadline and child.is_alive():
+            time.sleep(0.05)
+            ready = acks.exists() and '"ready"' in acks.read_text()[offset:]
+        assert ready, f"the trainer side did not start (exit {child.exitcode}):\n{log.read_text()[-3000:]}"
+        time.sleep(rng.uniform(0.5, 10.0 if SOAK else 4.5))
+        assert child.is_alive(), f"it died on its own:\n{log.read_text()[-3000:]}"
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(timeout=30)
+        text = acks.read_text()
+        events, offset = [json.loads(line) for line in text[offset:].splitlines() if line.strip()], len(text)
+        for e in events:
+            if "ready" in e:
+                figures["runs_marked_interrupted"] += len(e["ready"])
+            elif "intent" in e:
+                pending = e["intent"]
+            elif "training" in e:
+                training = True
+            elif "spawned" in e:
+                spawned.append(e["spawned"])
+            elif "active" in e:
+                active, pending, training = e["active"], None, False
+                figures["swaps_acknowledged"] += "trained" not in e
+        for pid in spawned:
+            kill_group(pid)
+        figures["kills"] += 1
+        figures["kills_during_training"] += training
+        figures["kills_during_swaps"] += pending is not None
+
+        db = open_db(home / "classroom.db")
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            live = [a for a in tq.adapters(db, "kid") if a["status"] == "active"]
+            newest = max(a["version"] for a in tq.adapters(db, "kid"))
+        finally:
+            db.conn.close()
+        assert len(live) <= 1
+        now_active = live[0]["version"] if live else None
+        allowed = {active, pending} | ({newest} if training else set())
+        if now_active not in allowed:
+            figures["losses"] += 1
+        assert now_active in allowed, f"active v{now_active}; acknowledged v{active}, in flight v{pending}"
+        if live:
+            assert adapter_loads(tiny_dir, live[0]["path"]), f"active adapter {live[0]['path']} is incomplete"
+        active, pending, training = now_active, None, False  # what the next start begins from
+    print("crash harness (training):", json.dumps(figures))
+    assert figures["kills"] == TRAIN_KILLS and figures["losses"] == 0
