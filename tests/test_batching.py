@@ -186,3 +186,28 @@ async def test_closing_a_batching_host_drops_queued_requests_and_ends_running_on
             await task
     with pytest.raises(BackendError, match="dropped"):
         await queued
+
+
+@pytest.mark.slow
+async def test_smol_batched_answers_equal_plain_generate(model_cache_dir: Path) -> None:
+    """The quality guard for the faster path: on the real model, batched greedy answers are plain generate's."""
+    import threading
+
+    from backends.bundled import resolve_model_dir
+    from settings import BUNDLED_MODEL
+
+    smol = LocalModelHost(resolve_model_dir(BUNDLED_MODEL, model_cache_dir), device="cpu", max_batch=4, batch_window=0.05)
+    try:
+        await smol.ensure_loaded()
+        model = backend(smol)
+        questions = ["What is the capital of France?", "Write a haiku about rain.", "List three uses of copper."]
+        convs: list[list[Message]] = [[{"role": "user", "content": q}] for q in questions]
+        params = GenParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.1)
+        together = await asyncio.gather(*(model.chat(c, params) for c in convs))
+        assert smol.peak_batch == 3
+        plain = await smol.run(
+            lambda: [generate_completion(smol.model, smol.tokenizer, c, params, cancel=threading.Event()).text for c in convs]
+        )
+        assert together == plain and "Paris" in together[0]
+    finally:
+        await smol.aclose()

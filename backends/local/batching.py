@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers.cache_utils import DynamicLayer
 
 from backends.base import GenParams, Message
 from backends.local.generation import (
@@ -100,9 +101,16 @@ class DecodeBatch:
         self.rows: list[_Row] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, cached length]; 0 marks left padding
+        # Only plain growing caches are padded and merged; a model with another cache (sliding
+        # windows, recurrent state) still streams through this loop, one request at a time.
+        self.mergeable = True
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def capacity(self, max_batch: int) -> int:
+        """How many rows this batch may hold."""
+        return max_batch if self.mergeable else 1
 
     def adapters_in_use(self) -> set[str]:
         """Internal adapter names the running rows were bound to."""
@@ -198,6 +206,7 @@ class DecodeBatch:
         mask = torch.ones((1, length), dtype=torch.long, device=self.model.device)
         if self.cache is None or self.mask is None:
             self.cache, self.mask = cache, mask
+            self.mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
             return
         total = max(length, self.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):

@@ -117,7 +117,7 @@ class BatchScheduler:
         batch.peft = isinstance(self._model, PeftModel)
 
     def _admit(self, waiting: deque[GenRequest], batch: DecodeBatch) -> None:
-        while waiting and len(batch) < self.max_batch:
+        while waiting and len(batch) < batch.capacity(self.max_batch):
             request = waiting.popleft()
             if not request.future.set_running_or_notify_cancel():  # its caller gave up while it waited
                 self._release(request)
