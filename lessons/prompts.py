@@ -95,12 +95,11 @@ def check_question(teacher_turn: str) -> str | None:
     return question if question and 8 <= len(question) <= 300 else None
 
 
-def ask(name: str, notes: str | None = None) -> list[Message]:
-    """The system prompt a student answers members' questions with, exactly as in quizzes.
+def ask(name: str) -> list[Message]:
+    """The system prompt a student answers members' questions with, exactly as in quizzes."""
+    return [{"role": "system", "content": f"You are {name}. Answer briefly and accurately."}]
 
-    With `notes`, the same prompt plus the document: how a grounded teacher answers.
-    """
-    base = f"You are {name}. Answer briefly and accurately."
-    if notes:
-        return [{"role": "system", "content": f"{base} Answer from these notes.\n\nNotes:\n{notes}"}]
-    return [{"role": "system", "content": base}]
+
+def question_with_notes(question: str, notes: str) -> str:
+    """A question asked with a document in front of the model (notes first: small models read what is near)."""
+    return f"Notes:\n{notes.strip()}\n\nAnswer from the notes: {question}"

@@ -13,7 +13,8 @@ from lessons.guards import clean_reply
 def ask_messages(display_name: str, question: str, notes: str | None = None) -> list[Message]:
     """The messages /ask sends: the student's system prompt and the question, nothing else
     (with `notes`, the document too: how a grounded teacher would answer)."""
-    return [*prompts.ask(display_name, notes), {"role": "user", "content": question.strip()}]
+    asked = prompts.question_with_notes(question.strip(), notes) if notes else question.strip()
+    return [*prompts.ask(display_name), {"role": "user", "content": asked}]
 
 
 ANSWER_TOKENS = 64  # a quiz answer is a fact or two; rambling on only risks contradicting it

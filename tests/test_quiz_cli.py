@@ -113,6 +113,22 @@ def test_quiz_writes_graded_answers_and_a_json_summary_last(cfg, tmp_path, fake_
     assert {r["messages"][1]["content"] for r in asked} == {json.loads(q)["question"] for q in QUESTIONS if q}
 
 
+def test_quiz_with_notes_puts_the_document_before_each_question(cfg, tmp_path, fake_openai):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Facts\nThe capital of France is Paris.\n", encoding="utf-8")
+    run = classroom(cfg, "quiz", "--student", "kid", "--questions", str(questions_file(tmp_path, QUESTIONS[:1])),
+                    "--notes", str(notes), "--json")
+
+    assert run.returncode == 0, run.stderr
+    asked = [r for r in fake_openai.requests if r.path.endswith("/chat/completions")]
+    assert len(asked) == 1 and asked[0]["messages"][0] == {"role": "system", "content": SYSTEM}
+    content = asked[0]["messages"][1]["content"]
+    assert content.index("The capital of France is Paris.") < content.index("What is the capital of France?")
+    missing = classroom(cfg, "quiz", "--questions", str(questions_file(tmp_path, QUESTIONS[:1])),
+                        "--notes", str(tmp_path / "nowhere.md"))
+    assert missing.returncode != 0 and missing.stderr.startswith("error: ") and "nowhere.md" in missing.stderr
+
+
 def test_quiz_without_out_prints_the_rows_then_the_summary(cfg, tmp_path):
     run = classroom(cfg, "quiz", "--questions", str(questions_file(tmp_path, QUESTIONS[:1])), "--json")
 
