@@ -1,0 +1,228 @@
+"""The distillation benchmark: does a student taught in lessons know what its teacher's notes said?
+
+One command, offline, on the bundled models (SmolLM2-135M as grounded teacher and as student):
+
+    .venv/bin/python bench/distill/run.py            # every pack, writes the table into bench/README.md
+    .venv/bin/python bench/distill/run.py --quick    # one pack, 6 questions, one lesson: the CI-sized check
+
+Every step is a `classroom` command run in a fresh CLASSROOM_HOME, exactly as a user would:
+  1. quiz the base student on each pack's paraphrased questions (no notes)   -> "base"
+  2. quiz the teacher with the pack in its context                          -> "teacher with notes"
+  3. run grounded lessons on each pack (`classroom lesson --source`)
+  4. approve them (`classroom approve`)
+  5. one night of training (`classroom train`)
+  6. quiz the student again, without notes                                  -> "student after"
+  7. a control set of general questions before and after                    -> "control"
+
+The questions are written apart from the documents and phrased differently; the packs are fictional,
+so no model knows them before the lessons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+PACKS = HERE / "packs"
+CONTROL = REPO / "quiz" / "control.jsonl"
+README = REPO / "bench" / "README.md"
+BEGIN, END = "<!-- distill:begin -->", "<!-- distill:end -->"
+
+
+@dataclass
+class Pack:
+    """A fictional document and the questions about it."""
+
+    name: str
+    document: Path
+    questions: Path
+    title: str
+
+    @classmethod
+    def load(cls, name: str) -> Pack:
+        document = PACKS / f"{name}.md"
+        questions = PACKS / f"{name}.questions.jsonl"
+        if not document.is_file() or not questions.is_file():
+            raise SystemExit(f"pack '{name}': need {document} and {questions}")
+        first = document.read_text(encoding="utf-8").splitlines()[0]
+        return cls(name, document, questions, first.lstrip("# ").strip() or name)
+
+
+@dataclass
+class PackResult:
+    """One pack's row of the table."""
+
+    pack: str
+    questions: int
+    base: int = 0
+    teacher: int = 0
+    after: int = 0
+    lessons: list[int] = field(default_factory=list)
+    turns: int = 0
+
+
+class Runner:
+    """Runs `classroom` commands against one data home and keeps a log of what it ran."""
+
+    def __init__(self, home: Path, work: Path, verbose: bool, config: Path | None = None):
+        self.home, self.work, self.verbose = home, work, verbose
+        self.env = {**os.environ, "CLASSROOM_HOME": str(home), "TQDM_DISABLE": "1"}
+        self.env.pop("CLASSROOM_CONFIG", None)
+        if config is not None:  # otherwise the defaults, exactly what a fresh install runs
+            self.env["CLASSROOM_CONFIG"] = str(config.resolve())
+        self.env.pop("OPENAI_API_KEY", None)  # the bench is offline: the bundled model teaches
+        self.log: list[str] = []
+
+    def run(self, *args: str) -> list[str]:
+        """Run `classroom ARGS`; its stdout lines. Exits the bench on failure, with the command's stderr."""
+        self.log.append("classroom " + " ".join(args))
+        started = time.monotonic()
+        print(f"$ classroom {' '.join(args)}", file=sys.stderr, flush=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args], cwd=self.work, env=self.env,
+            stdout=subprocess.PIPE, stderr=None if self.verbose else subprocess.PIPE, text=True,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"`classroom {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr or ''}")
+        print(f"  ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        return proc.stdout.splitlines()
+
+    def quiz(self, questions: Path, model: str, label: str, notes: Path | None = None) -> dict[str, Any]:
+        """Quiz `model` on a questions file; the summary, with the graded rows kept under work/."""
+        out = self.work / f"{label}.jsonl"
+        extra = ["--notes", str(notes)] if notes else []
+        lines = self.run("quiz", "--student", model, "--questions", str(questions), "--out", str(out), "--json", *extra)
+        summary = json.loads(lines[-1])
+        summary["rows"] = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines() if x.strip()]
+        return summary
+
+
+def subset(path: Path, limit: int | None, work: Path) -> Path:
+    """The first `limit` questions of a file (all of them without a limit)."""
+    if not limit:
+        return path
+    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()][:limit]
+    out = work / f"{path.stem}.first{limit}.jsonl"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def bench(
+    packs: list[Pack], lessons_per_pack: int, limit: int | None, home: Path, verbose: bool, config: Path | None = None
+) -> dict[str, Any]:
+    """Run the whole loop; the figures for the table."""
+    work = home / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    shared = REPO / ".cache" / "models"  # the bundled model, converted once per machine (as the tests do)
+    if not (home / "cache").exists():
+        shared.mkdir(parents=True, exist_ok=True)
+        (home / "cache").symlink_to(shared, target_is_directory=True)
+    runner = Runner(home, work, verbose, config)
+    student, teacher = "smol", "smol-teacher"
+    started = time.monotonic()
+    results = {p.name: PackResult(p.name, 0) for p in packs}
+    questions = {p.name: subset(p.questions, limit, work) for p in packs}
+
+    for p in packs:
+        base = runner.quiz(questions[p.name], student, f"{p.name}.base")
+        results[p.name].questions, results[p.name].base = base["n"], base["correct"]
+        results[p.name].teacher = runner.quiz(questions[p.name], teacher, f"{p.name}.teacher", notes=p.document)["correct"]
+    control_before = runner.quiz(CONTROL, student, "control.before")
+
+    for p in packs:
+        for _ in range(lessons_per_pack):
+            out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(p.document),
+                                        "--teacher", teacher, "--student", student, "--turns", "200", "--json")[-1])
+            results[p.name].lessons.append(out["lesson_id"])
+            results[p.name].turns += out["turns"]
+    runner.run("approve", *[str(i) for r in results.values() for i in r.lessons])
+    train = json.loads(runner.run("train", "--student", student, "--json")[-1])
+
+    for p in packs:
+        results[p.name].after = runner.quiz(questions[p.name], student, f"{p.name}.after")["correct"]
+    control_after = runner.quiz(CONTROL, student, "control.after")
+    return {
+        "packs": [vars(r) for r in results.values()],
+        "control": {"n": control_before["n"], "before": control_before["correct"], "after": control_after["correct"]},
+        "train": {k: train.get(k) for k in ("status", "examples", "tokens", "seconds", "version", "reason")},
+        "wall_s": round(time.monotonic() - started),
+        "lessons_per_pack": lessons_per_pack,
+        "config": str(config) if config else "defaults",
+        "commands": runner.log,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The Markdown table for bench/README.md."""
+    c, t = result["control"], result["train"]
+    rows = [
+        "| pack | questions | base student | teacher with notes | student after one night | lessons | turns |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in result["packs"]:
+        n = p["questions"]
+        rows.append(f"| {p['pack']} | {n} | {_pct(p['base'], n)} | {_pct(p['teacher'], n)} | "
+                    f"**{_pct(p['after'], n)}** | {len(p['lessons'])} | {p['turns']} |")
+    rows.append("")
+    rows.append(f"Control ({c['n']} general questions): {c['before']} → {c['after']} correct. "
+                f"Training: {t['status']}, {t['examples']} examples, {t['tokens']} tokens, {t['seconds']:.0f} s. "
+                f"Whole run: {result['wall_s'] / 60:.1f} min.")
+    return "\n".join(rows)
+
+
+def _pct(correct: int, n: int) -> str:
+    return f"{correct}/{n} ({correct / n:.0%})" if n else "–"
+
+
+def write_readme(text: str) -> None:
+    """Replace the block between the distill markers in bench/README.md (append it if missing)."""
+    readme = README.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in readme:
+        readme = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
+    else:
+        readme += f"\n{block}\n"
+    README.write_text(readme, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--packs", nargs="*", default=None, help="pack names under bench/distill/packs (default: all)")
+    parser.add_argument("--lessons", type=int, default=None, help="lessons per pack (default 3; 1 with --quick)")
+    parser.add_argument("--questions", type=int, default=None, help="only the first N questions of each pack")
+    parser.add_argument("--quick", action="store_true", help="one pack, 6 questions, one lesson: the CI-sized run")
+    parser.add_argument("--home", type=Path, default=None, help="data home to use (default: a fresh temporary one)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
+    parser.add_argument("--write-readme", action="store_true", help="put the table into bench/README.md")
+    parser.add_argument("--config", type=Path, default=None, help="a classroom.toml to run with (default: none, the defaults)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the commands' own progress")
+    args = parser.parse_args()
+
+    names = args.packs or (["vellmoor"] if args.quick else sorted(p.stem for p in PACKS.glob("*.md")))
+    packs = [Pack.load(n) for n in names]
+    lessons = args.lessons or (1 if args.quick else 3)
+    limit = args.questions or (6 if args.quick else None)
+    with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
+        home = args.home or Path(tmp)
+        result = bench(packs, lessons, limit, home, args.verbose, args.config)
+    text = table(result)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if args.write_readme:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    main()
