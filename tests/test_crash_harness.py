@@ -139,6 +139,7 @@ def forkserver() -> multiprocessing.context.BaseContext:
     return ctx
 
 
+@pytest.mark.timeout(3600 if SOAK else 300)
 def test_sigkill_at_random_points_loses_nothing_acknowledged(tmp_path: Path):
     home, acks, log = tmp_path / "home", tmp_path / "acks.jsonl", tmp_path / "child.log"
     rng = random.Random(int(os.environ.get("CLASSROOM_CRASH_SEED", "6")))
@@ -215,6 +216,7 @@ def kill_group(pid: int) -> None:
         pass
 
 
+@pytest.mark.timeout(3600 if SOAK else 300)
 def test_sigkill_during_training_and_adapter_swaps_keeps_a_complete_active_adapter(tmp_path: Path):
     from storage import open_db
     from storage import training as tq
