@@ -194,7 +194,7 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(tmp_path: Path):
 
 # ---- SIGKILL during training and adapter swaps
 
-TRAIN_KILLS = int(os.environ.get("CLASSROOM_CRASH_TRAIN_KILLS", "40" if SOAK else "6"))  # half in swap storms
+TRAIN_KILLS = int(os.environ.get("CLASSROOM_CRASH_TRAIN_KILLS", "40" if SOAK else "4"))  # half in swap storms
 
 
 def adapter_loads(tiny_dir: str, path: str) -> bool:
