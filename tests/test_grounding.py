@@ -51,3 +51,15 @@ def test_a_check_question_becomes_a_direct_question_answered_by_the_correction_w
 def test_no_question_example_from_a_voted_down_or_blocked_correction():
     assert check_question_example(TURNS, "Kid", excluded={3}, blocked=set()) is None
     assert check_question_example(TURNS, "Kid", excluded=set(), blocked={"prof"}) is None
+
+
+def test_the_repetition_penalty_spares_the_prompt_so_a_teacher_can_quote_its_notes():
+    import torch
+
+    from backends.local.generation import ReplyRepetitionPenalty
+
+    scores = torch.tensor([[2.0, 2.0, 2.0, -2.0, 2.0]])
+    prompt_and_reply = torch.tensor([[0, 1, 3, 4]])  # prompt: tokens 0 and 1; reply so far: 3 and 4
+    out = ReplyRepetitionPenalty(2.0, prompt_len=2)(prompt_and_reply, scores.clone())
+    assert out.tolist() == [[2.0, 2.0, 2.0, -4.0, 1.0]]
+    assert ReplyRepetitionPenalty(2.0, prompt_len=4)(prompt_and_reply, scores.clone()).tolist() == scores.tolist()

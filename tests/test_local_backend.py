@@ -370,7 +370,7 @@ async def test_smol_student_adapter_swaps_while_the_teacher_keeps_the_base(
     base = await teacher.chat(CAPITAL, params)
     assert await student.chat(CAPITAL, params) == base  # no adapter loaded yet: base weights
     try:
-        await student.host.set_adapter("smol", make_lora(smol_dir, tmp_path / "lora", std=0.1))
+        await student.host.set_adapter("smol", make_lora(smol_dir, tmp_path / "lora", std=0.3))
         assert await student.chat(CAPITAL, params) != base
         assert await teacher.chat(CAPITAL, params) == base
     finally:

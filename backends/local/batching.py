@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers import DynamicCache, LogitsProcessorList
 from transformers.cache_utils import DynamicLayer
 
 from backends.base import GenParams, Message
 from backends.local.generation import (
     Completion,
+    ReplyRepetitionPenalty,
     SeededSampler,
     TextTracker,
     _check_context,
@@ -71,14 +72,14 @@ class _Row:
     processors: LogitsProcessorList
     eos: frozenset[int]
     ids: list[int]  # generated so far; the last one is the next input
-    prompt: torch.Tensor  # the prompt's ids [1, n], which a repetition penalty counts too
+    prompt: torch.Tensor  # the prompt's ids [1, n]: processors see prompt + reply, as in generate()
     position: int  # position of the next input token
 
 
-def _processors(params: GenParams, device: torch.device) -> LogitsProcessorList:
+def _processors(params: GenParams, device: torch.device, prompt_len: int) -> LogitsProcessorList:
     out = LogitsProcessorList()
     if params.repetition_penalty != 1.0:
-        out.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        out.append(ReplyRepetitionPenalty(params.repetition_penalty, prompt_len))
     if params.temperature > 0:
         out.append(SeededSampler(params.temperature, params.top_p, params.seed, device))
     return out
@@ -123,7 +124,7 @@ class DecodeBatch:
         input_ids = chat_input_ids(self.tokenizer, request.messages).to(device)
         prompt_len = int(input_ids.shape[1])
         _check_context(self.model, prompt_len, params.max_new_tokens)
-        processors = _processors(params, device)
+        processors = _processors(params, device, prompt_len)
         extra = {"adapter_names": [request.adapter_internal]} if self.peft else {}
         config = _generation_config(self.model, self.tokenizer, params)
         config.max_new_tokens = 1
