@@ -44,7 +44,8 @@ def explain(name: str, topic: str, section: Section) -> list[Message]:
         return [
             {"role": "system", "content": teacher_system(name, topic, None)},
             {"role": "user", "content": f"Notes on {section.title}:\n{section.text}\n\n"
-             "Teach me these notes, keeping their exact names and numbers. " + ask},
+             "Teach me these notes in two to four sentences, keeping their exact names and numbers. "
+             "Then ask me one short question about them, on its own line, ending with a question mark."},
         ]
     return [
         {"role": "system", "content": teacher_system(name, topic, None)},
@@ -67,13 +68,14 @@ def student_reply(name: str, topic: str, teacher_turn: str) -> list[Message]:
 
 def correct(name: str, topic: str, section: Section, teacher_turn: str, student_turn: str) -> list[Message]:
     """The teacher says whether the student was right, corrects, and restates the key fact."""
-    question = check_question(teacher_turn)
-    if section.text and question:
+    if section.text:
+        question = check_question(teacher_turn)
+        asked = f"You asked me: {question}\nI answered: {student_turn}" if question else f"I said: {student_turn}"
         return [
             {"role": "system", "content": teacher_system(name, topic, None)},
-            {"role": "user", "content": f"Notes on {section.title}:\n{section.text}\n\n"
-             f"You asked me: {question}\nI answered: {student_turn}\n\n"
-             "Tell me if I am right, then answer your question correctly from the notes in one or two sentences."},
+            {"role": "user", "content": f"Notes on {section.title}:\n{section.text}\n\n{asked}\n\n"
+             "Check my answer against the notes. Say if I am right, then give the correct facts from the notes "
+             "in one or two sentences, with their exact names and numbers."},
         ]
     return [
         {"role": "system", "content": teacher_system(name, topic, section.text or None)},
