@@ -1,7 +1,7 @@
 """Forgetting a member: nothing holding their Discord id stays, anonymous counts do.
 
 What a member leaves behind, and what `/privacy forget-me` does with it:
-  - votes on turns, lessons and answers: each row keeps its value but gets a fresh random
+  - votes on turns, lessons and answers, and panel ballots: each row keeps its value but gets a fresh random
     anonymous id, so every tally (and what is trained on, and what was approved) stays exactly
     as it was, and no two forgotten votes can be linked to each other or to the member;
   - quiz answers the member wrote: deleted, with the votes and message links that pointed at them;
@@ -30,7 +30,7 @@ def forget_member(db: Database, member_id: str) -> dict[str, int]:
     """Remove every trace of `member_id`, in one transaction; returns how many rows of each kind changed."""
     member_id = str(member_id)
     with Transaction(db):
-        removed = {"votes": _anonymise_votes(db, member_id)}
+        removed = {"votes": _anonymise_votes(db, member_id), "panel_ballots": _anonymise_ballots(db, member_id)}
         removed.update(_delete_quiz_answers(db, member_id))
         removed["lessons"] = db.execute(
             "UPDATE lessons SET started_by = NULL WHERE started_by = ?", [member_id]
@@ -56,6 +56,17 @@ def _anonymise_votes(db: Database, member_id: str) -> int:
         db.execute(
             "UPDATE votes SET member_id = ?, via = 'forgotten' WHERE target_type = ? AND target_id = ? AND member_id = ?",
             [anonymous_id(), target_type, target_id, member_id],
+        )
+    return len(keys)
+
+
+def _anonymise_ballots(db: Database, member_id: str) -> int:
+    """Panel ballots likewise: each keeps the answer it chose (the winner stays) under its own anonymous id."""
+    keys = db.execute("SELECT lesson_id, section FROM panel_ballots WHERE member_id = ?", [member_id]).fetchall()
+    for lesson_id, section in keys:
+        db.execute(
+            "UPDATE panel_ballots SET member_id = ? WHERE lesson_id = ? AND section = ? AND member_id = ?",
+            [anonymous_id(), lesson_id, section, member_id],
         )
     return len(keys)
 

@@ -65,12 +65,17 @@ def test_forget_member_keeps_counts_and_leaves_no_id(tmp_path: Path):
     assert gq.submit_member_answer(db, round_id, other, "a piece") is None
     mine = db.execute("SELECT id FROM quiz_answers WHERE answerer = ?", [me]).fetchone()[0]
     v.set_vote(db, "answer", mine, other, 1)
+    panel = q.add_turn(db, lesson_id=lid, speaker="prof", role="teacher", content="Best answer.", kind="panel",
+                       section=0)
+    v.cast_ballot(db, panel["id"], me)
     before = {k: t for k, t in tallies(db).items() if k[0] != "answer"}
     excluded = v.excluded_turn_ids(db, lid)
 
     removed = privacy.forget_member(db, me)
 
-    assert removed == {"votes": 2, "quiz_answers": 1, "lessons": 1, "quiz_games": 1, "approvals": 1, "corrections": 0}
+    assert removed == {"votes": 2, "panel_ballots": 1, "quiz_answers": 1, "lessons": 1, "quiz_games": 1,
+                       "approvals": 1, "corrections": 0}
+    assert v.ballot_counts(db, lid) == {panel["id"]: 1}  # the ballot still counts, under no one's id
     assert cells_holding(db, me) == []
     assert tallies(db) == before  # every count stays; the vote on the deleted answer went with it
     assert v.excluded_turn_ids(db, lid) == excluded == {turn["id"]}
