@@ -28,7 +28,14 @@ from lessons.events import (
     TurnFinished,
     TurnStarted,
 )
-from lessons.guards import clean_reply, is_echo, names_other_speaker, ungrounded_terms
+from lessons.guards import (
+    clean_reply,
+    is_echo,
+    key_terms,
+    missing_key_terms,
+    names_other_speaker,
+    ungrounded_terms,
+)
 from lessons.syllabus import Section, sections_from_plan, sections_from_source
 from storage import AsyncStore
 from storage import lessons as q
@@ -231,8 +238,8 @@ class LessonEngine:
         params = self.models.params(step.speaker)
         await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
         kind = step.kind
-        # A grounded teacher's turn that names numbers or names absent from its notes is retried;
-        # if every attempt invents something, the one inventing least is kept.
+        # A grounded teacher's turn that invents names or numbers, or an explanation that skips most
+        # of its notes' facts, is retried; if every attempt falls short, the one with fewest problems is kept.
         grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
         best: tuple[list[str], str, Usage] | None = None
         for attempt in range(RETRIES + 1):
@@ -247,13 +254,12 @@ class LessonEngine:
             if not text or is_echo(text, recent):
                 log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
                 continue
-            made_up = ungrounded_terms(text, grounding) if grounding else []
-            if best is None or len(made_up) < len(best[0]):
-                best = (made_up, text, usage)
-            if not made_up:
+            problems = self._grounding_problems(text, step, section, grounding)
+            if best is None or len(problems) < len(best[0]):
+                best = (problems, text, usage)
+            if not problems:
                 break
-            log.info("lesson %s: %s said %s, which its notes don't (attempt %d)",
-                     lesson["id"], step.speaker, ", ".join(made_up), attempt + 1)
+            log.info("lesson %s: %s: %s (attempt %d)", lesson["id"], step.speaker, "; ".join(problems), attempt + 1)
         if best is not None:
             _, text, usage = best
         elif step.role == "teacher":
@@ -277,6 +283,20 @@ class LessonEngine:
         """Count a call's tokens against the server's daily budget."""
         if self.budget is not None:
             await self.budget.record(lesson.get("guild_id"), model, usage)
+
+    @staticmethod
+    def _grounding_problems(text: str, step: Step, section: Section, grounding: str | None) -> list[str]:
+        """Why a grounded teacher's turn should be tried again: names or numbers its notes don't have,
+        or (for an explanation) no more than half of the notes' names and numbers."""
+        if grounding is None:
+            return []
+        problems = [f"made up {t}" for t in ungrounded_terms(text, grounding)]
+        if step.kind == "explain":
+            keys = key_terms(section.text)
+            missing = missing_key_terms(text, section.text)
+            if keys and len(missing) * 2 >= len(keys):
+                problems += [f"left out {t}" for t in missing]
+        return problems
 
     def _messages(self, topic: str, step: Step, section: Section, name: str, done: list[dict[str, Any]]) -> list[Message]:
         if step.kind == "explain":

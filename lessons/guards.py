@@ -76,3 +76,17 @@ def ungrounded_terms(reply: str, notes: str) -> list[str]:
     missing = [n for n in _NUMBER.findall(reply) if n.replace(",", "") not in have_numbers]
     missing += [w for w in _NAME.findall(reply) if w.lower().strip("'") not in have_words and w != "I"]
     return list(dict.fromkeys(missing))
+
+
+def missing_key_terms(reply: str, notes: str) -> list[str]:
+    """The notes' numbers and names that a reply leaves out (an explanation that skips the facts)."""
+    said_numbers = {n.replace(",", "") for n in _NUMBER.findall(reply)}
+    said_words = set(re.findall(r"[a-z0-9']+", reply.lower()))
+    keys = [n for n in _NUMBER.findall(notes) if n.replace(",", "") not in said_numbers]
+    keys += [w for w in _NAME.findall(notes) if w.lower().strip("'") not in said_words]
+    return list(dict.fromkeys(keys))
+
+
+def key_terms(notes: str) -> list[str]:
+    """The numbers and names of a section's notes: what an explanation of it has to mention."""
+    return list(dict.fromkeys(_NUMBER.findall(notes) + _NAME.findall(notes)))

@@ -143,6 +143,18 @@ async def test_a_grounded_teacher_inventing_facts_is_retried_and_the_grounded_re
     assert "You asked me: What is the code?" in correction_request and "4471" in correction_request
 
 
+async def test_a_grounded_explanation_leaving_out_the_notes_facts_is_retried(store):
+    replies = iter(["Vellmoor has a gate. What does it open?", "The gate code of Vellmoor is 4471. What is it?"])
+
+    def teacher(messages):
+        return next(replies) if "Teach me these notes" in messages[-1]["content"] else "Yes: the code is 4471."
+
+    doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
+    lid, _, _ = await run_lesson(make_engine(store, teacher=ScriptedBackend("prof", teacher)), turns=3,
+                                 source_name="v.md", source_text=doc)
+    assert (await store.call(q.turns, lid))[0]["content"] == "The gate code of Vellmoor is 4471. What is it?"
+
+
 async def test_student_speaking_as_teacher_is_cut(store):
     student = ScriptedBackend("kid", "I think it is a share.\nTeacher: Correct, well done!")
     lid, _, _ = await run_lesson(make_engine(store, student=student), turns=3)

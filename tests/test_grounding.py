@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lessons.guards import ungrounded_terms
+from lessons.guards import key_terms, missing_key_terms, ungrounded_terms
 from lessons.prompts import check_question
 from trainer.dataset import check_question_example
 
@@ -21,6 +21,12 @@ def test_facts_from_the_notes_pass_whatever_their_formatting():
 
 def test_capitalised_words_opening_a_sentence_are_not_names():
     assert ungrounded_terms("The mayor is kind. She smiles. I agree.", NOTES) == []
+
+
+def test_an_explanation_skipping_the_notes_facts_is_caught():
+    assert key_terms(NOTES) == ["2,300", "Quiet", "Sea", "Ada", "Quill"]
+    assert missing_key_terms("Vellmoor is a lovely town by the sea.", NOTES) == ["2,300", "Quiet", "Ada", "Quill"]
+    assert missing_key_terms("2300 people live in Vellmoor, in the Quiet Sea; Ada Quill is mayor.", NOTES) == []
 
 
 def test_the_check_question_is_the_last_question_of_the_explanation():
