@@ -122,12 +122,13 @@ class TrainingSettings(_Strict):
     schedule: str = "03:00"
     timezone: str = "UTC"
     epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
+    min_steps: int = Field(40, ge=0)
+    learning_rate: float = Field(5e-4, gt=0)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     max_seq_len: int = Field(1024, ge=64)
-    batch_tokens: int = Field(4096, ge=64)
+    batch_tokens: int = Field(1024, ge=64)
     replay_share: float = Field(0.5, ge=0, le=1)
     control_margin: float = Field(0.1, ge=0, le=1)
     keep_adapters: int = Field(5, ge=1)

@@ -48,6 +48,7 @@ class TrainConfig:
     max_seq_len: int = 1024  # longest example in tokens; longer dialogues are cut at the end
     batch_tokens: int = 4096  # tokens per optimizer step: one packed row of up to this many
     seed: int = 0  # seeds torch, random and numpy: same data and config give the same adapter
+    min_steps: int = 0  # at least this many steps: a small night's data gets more passes (facts need repetition)
     max_steps: int | None = None  # hard cap on optimizer steps (smoke runs, tests)
     warmup_ratio: float = 0.05  # share of steps spent ramping the learning rate up (at least 1 step)
     min_lr_ratio: float = 0.1  # cosine decay ends at this share of the peak learning rate
@@ -72,6 +73,8 @@ class TrainConfig:
             raise ValueError("epochs, learning_rate, lora_r and lora_alpha must be positive")
         if not 0 <= self.lora_dropout < 1 or self.max_seq_len < 8 or self.batch_tokens < 8:
             raise ValueError("lora_dropout must be in [0, 1); max_seq_len and batch_tokens at least 8")
+        if self.min_steps < 0:
+            raise ValueError("min_steps must be 0 or more")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
         if self.autocast not in ("auto", "bf16", "off"):
@@ -262,7 +265,7 @@ def train(
 
 def step_plan(n_rows: int, config: TrainConfig) -> list[tuple[int, float]]:
     """(row index, epoch progress) for every step: each epoch visits every row once, in a seeded shuffle."""
-    total = max(1, math.ceil(config.epochs * n_rows))
+    total = max(1, math.ceil(config.epochs * n_rows), config.min_steps)
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     rng = random.Random(config.seed)

@@ -199,7 +199,8 @@ def write_readme(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packs", nargs="*", default=None, help="pack names under bench/distill/packs (default: all)")
-    parser.add_argument("--lessons", type=int, default=None, help="lessons per pack (default 3; 1 with --quick)")
+    parser.add_argument("--lessons", type=int, default=1,
+                        help="lessons per pack (default 1: the bundled teacher is greedy, so a repeat adds nothing)")
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions of each pack")
     parser.add_argument("--quick", action="store_true", help="one pack, 6 questions, one lesson: the CI-sized run")
     parser.add_argument("--home", type=Path, default=None, help="data home to use (default: a fresh temporary one)")
@@ -211,11 +212,10 @@ def main() -> None:
 
     names = args.packs or (["vellmoor"] if args.quick else sorted(p.stem for p in PACKS.glob("*.md")))
     packs = [Pack.load(n) for n in names]
-    lessons = args.lessons or (1 if args.quick else 3)
     limit = args.questions or (6 if args.quick else None)
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         home = args.home or Path(tmp)
-        result = bench(packs, lessons, limit, home, args.verbose, args.config)
+        result = bench(packs, args.lessons, limit, home, args.verbose, args.config)
     text = table(result)
     print(text)
     if args.json:
