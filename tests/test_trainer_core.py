@@ -286,6 +286,13 @@ def test_step_plan_visits_every_row_once_per_epoch_and_honours_max_steps():
     assert len(loop.step_plan(4, loop.TrainConfig(epochs=3, max_steps=5))) == 5
 
 
+def test_min_steps_gives_a_small_dataset_more_passes_and_a_large_one_its_epochs():
+    small = loop.step_plan(4, loop.TrainConfig(epochs=3, min_steps=40))
+    assert len(small) == 40 and sorted(r for r, _ in small[:4]) == [0, 1, 2, 3]  # still whole passes, in order
+    assert len(loop.step_plan(100, loop.TrainConfig(epochs=3, min_steps=40))) == 300
+    assert len(loop.step_plan(4, loop.TrainConfig(epochs=3, min_steps=40, max_steps=10))) == 10
+
+
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     factors = [loop.lr_factor(s, 20, 2, 0.1) for s in range(20)]
     assert factors[0] < factors[1] < factors[2] == 1.0
