@@ -47,7 +47,7 @@ def settings_for(home: Path, tiny_dir: str) -> Settings:
                          generation={"max_new_tokens": 8, "temperature": 0.0}),
     }
     return Settings(home=home, models=specs, lessons={"default_teacher": "prof", "default_student": "kid"},
-                    training=TrainingSettings(epochs=1, learning_rate=1e-3, max_seq_len=256, batch_tokens=512))
+                    training=TrainingSettings(epochs=1, min_steps=0, learning_rate=1e-3, max_seq_len=256, batch_tokens=512))
 
 
 def approved_lesson(db: Any, n: int) -> int:

@@ -64,7 +64,7 @@ def classroom_settings(tmp_path: Path, tiny_dir: str) -> Settings:
         models={"prof": fixtures.make_spec("prof"), "kid": kid},
         lessons={"default_teacher": "prof", "default_student": "kid"},
         discord={"curator_role": "Curators"},
-        training=TrainingSettings(epochs=1, max_seq_len=256, batch_tokens=512),
+        training=TrainingSettings(epochs=1, min_steps=0, learning_rate=2e-4, max_seq_len=256, batch_tokens=512),
     )
 
 

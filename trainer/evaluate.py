@@ -57,6 +57,9 @@ def answer_all(model: Any, tokenizer: Any, dev: str, variant: str, adapter: str 
     import contextlib
 
     import torch
+    from transformers import LogitsProcessorList
+
+    from backends.local.generation import ReplyRepetitionPenalty
 
     answers: list[str] = []
     for start in range(0, len(questions), batch_size):
@@ -75,8 +78,10 @@ def answer_all(model: Any, tokenizer: Any, dev: str, variant: str, adapter: str 
             model.set_adapter(variant)
             ctx = contextlib.nullcontext()
         with ctx, torch.inference_mode():
+            # The penalty the live student answers with: on the answer's own repeats, not the prompt's words.
+            penalty = ReplyRepetitionPenalty(1.1, enc["input_ids"].shape[1])
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.1)
+                                 pad_token_id=tokenizer.pad_token_id, logits_processor=LogitsProcessorList([penalty]))
         for row in out[:, enc["input_ids"].shape[1] :]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return answers
