@@ -155,7 +155,8 @@ def bench(
     return {
         "packs": [vars(r) for r in results.values()],
         "control": {"n": control_before["n"], "before": control_before["correct"], "after": control_after["correct"]},
-        "train": {k: train.get(k) for k in ("status", "examples", "tokens", "seconds", "version", "reason")},
+        # before/after: the gate's held-out items for these lessons (topic) and its control set, base vs candidate
+        "train": {k: train.get(k) for k in ("status", "examples", "tokens", "seconds", "version", "reason", "before", "after")},
         "wall_s": round(time.monotonic() - started),
         "lessons_per_pack": lessons_per_pack,
         "config": str(config) if config else "defaults",
