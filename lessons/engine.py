@@ -242,6 +242,7 @@ class LessonEngine:
         # of its notes' facts, is retried; if every attempt falls short, the one with fewest problems is kept.
         grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
         best: tuple[list[str], str, Usage] | None = None
+        confirmation: tuple[str, Usage] | None = None
         for attempt in range(RETRIES + 1):
             if attempt:
                 params = replace(params, temperature=max(params.temperature, 0.7), seed=(params.seed or 0) + attempt)
@@ -251,6 +252,8 @@ class LessonEngine:
             if raw is None:
                 return None
             text = clean_reply(raw, own_labels=own, other_labels=others)
+            if text and step.kind == "correct" and is_echo(text, recent):
+                confirmation = confirmation or (text, usage)  # restating a right answer is still a correction
             if not text or is_echo(text, recent):
                 log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
                 continue
@@ -262,6 +265,8 @@ class LessonEngine:
             log.info("lesson %s: %s: %s (attempt %d)", lesson["id"], step.speaker, "; ".join(problems), attempt + 1)
         if best is not None:
             _, text, usage = best
+        elif confirmation is not None:
+            text, usage = confirmation
         elif step.role == "teacher":
             raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
         else:

@@ -155,6 +155,20 @@ async def test_a_grounded_explanation_leaving_out_the_notes_facts_is_retried(sto
     assert (await store.call(q.turns, lid))[0]["content"] == "The gate code of Vellmoor is 4471. What is it?"
 
 
+async def test_a_correction_restating_the_students_right_answer_is_kept_not_failed(store):
+    fact = "The gate code of Vellmoor is 4471."
+
+    def teacher(messages):
+        return f"{fact} What is the code?" if "Teach me these notes" in messages[-1]["content"] else fact
+
+    doc = f"{fact} It opens the north gate of the town wall for visitors."
+    lid, outcome, _ = await run_lesson(make_engine(store, teacher=ScriptedBackend("prof", teacher),
+                                                   student=ScriptedBackend("kid", fact)),
+                                       turns=3, source_name="v.md", source_text=doc)
+    assert outcome.status == "finished", outcome.reason
+    assert (await store.call(q.turns, lid))[2]["content"] == fact
+
+
 async def test_student_speaking_as_teacher_is_cut(store):
     student = ScriptedBackend("kid", "I think it is a share.\nTeacher: Correct, well done!")
     lid, _, _ = await run_lesson(make_engine(store, student=student), turns=3)
