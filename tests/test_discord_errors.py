@@ -63,7 +63,7 @@ async def test_a_good_source_file_grounds_the_lesson(classroom):
     await classroom.start_lesson(topic="Vellmoor", source=("vellmoor.md", doc.encode()), turns=3)
     await classroom.run_out()
 
-    assert any("4471" in m[0]["content"] for m in classroom.teacher.calls)
+    assert any("4471" in m[-1]["content"] for m in classroom.teacher.calls)  # the notes, in the teacher's request
     with classroom.db() as db:
         assert db.execute("SELECT name FROM sources").fetchone()[0] == "vellmoor.md"
         assert q.get_lesson(db, 1)["syllabus"][0]["title"] == "Gate"
