@@ -1,10 +1,8 @@
 """Running a lesson: plan a syllabus, then teacher and student take turns until it is covered.
 
-Each section of the syllabus is taught in three turns:
-  1. the teacher explains one point and asks a check question ("explain"),
-  2. the student answers or asks a follow-up ("reply"),
-  3. the teacher confirms or corrects and restates the key fact ("correct").
-Several teachers or students rotate by section. Every turn is committed the moment it is
+The order of turns in a section (explain, reply, correct, and for a grounded lesson a question
+round) is in lessons/steps.py; panels in lessons/panel.py. Several teachers or students rotate
+by section. Every turn is committed the moment it is
 produced, so a crash loses at most the turn in flight, and a lesson can resume from its
 stored turns.
 """
@@ -30,12 +28,15 @@ from lessons.events import (
 )
 from lessons.guards import (
     clean_reply,
+    copied_phrases,
+    end_at_question,
     is_echo,
     key_terms,
     missing_key_terms,
     names_other_speaker,
     ungrounded_terms,
 )
+from lessons.steps import Step, next_step
 from lessons.syllabus import Section, sections_from_plan, sections_from_source
 from storage import AsyncStore
 from storage import lessons as q
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PHASES = ("explain", "reply", "correct")
 MAX_TOPIC_CHARS = 200
 RETRIES = 2  # re-generations allowed for an empty, role-swapped or echoing reply
 STUDENT_FALLBACK = "Could you explain that once more, with an example?"
@@ -74,16 +74,6 @@ class LessonRequest:
 
 
 @dataclass(frozen=True)
-class Step:
-    """The next turn to produce."""
-
-    role: str
-    speaker: str
-    kind: str
-    section: int
-
-
-@dataclass(frozen=True)
 class LessonOutcome:
     """How a run ended."""
 
@@ -91,19 +81,6 @@ class LessonOutcome:
     status: str
     reason: str | None
     turns: int
-
-
-def next_step(n_sections: int, done_turns: int, teachers: list[str], students: list[str], max_turns: int) -> Step | None:
-    """The turn after `done_turns` turns, or None when the syllabus is covered or the limit reached."""
-    if done_turns >= max_turns:
-        return None
-    section, phase = divmod(done_turns, len(PHASES))
-    if section >= n_sections:
-        return None
-    kind = PHASES[phase]
-    if kind == "reply":
-        return Step(role="student", speaker=students[section % len(students)], kind=kind, section=section)
-    return Step(role="teacher", speaker=teachers[section % len(teachers)], kind=kind, section=section)
 
 
 class LessonEngine:
@@ -165,11 +142,14 @@ class LessonEngine:
         try:
             sections = await self._syllabus(lesson, teachers[0])
             await emit(LessonStarted(lesson_id, lesson["topic"], teachers, students, [s.as_dict() for s in sections], bool(done)))
+            grounded = lesson["source_id"] is not None
             while True:
-                plan_next = panel.next_step if lesson["mode"] == panel.PANEL else next_step
-                step = plan_next(len(sections), len(done), teachers, students, lesson["max_turns"])
+                if lesson["mode"] == panel.PANEL:
+                    step = panel.next_step(len(sections), len(done), teachers, students, lesson["max_turns"])
+                else:
+                    step = next_step(len(sections), len(done), teachers, students, lesson["max_turns"], grounded)
                 if step is None:
-                    covered = len(done) >= len(sections) * panel.turns_per_section(lesson["mode"], teachers)
+                    covered = len(done) >= len(sections) * panel.turns_per_section(lesson["mode"], teachers, grounded)
                     reason = "syllabus covered" if covered else "turn limit reached"
                     return await self._finish(lesson_id, "finished", reason, len(done), emit)
                 if stop.is_set():
@@ -252,12 +232,16 @@ class LessonEngine:
             if raw is None:
                 return None
             text = clean_reply(raw, own_labels=own, other_labels=others)
-            if text and step.kind == "correct" and is_echo(text, recent):
-                confirmation = confirmation or (text, usage)  # restating a right answer is still a correction
+            if step.kind == "explain":
+                text = end_at_question(text)
+            elif step.kind == "ask":
+                text = prompts.check_question(text) or ""  # only the question, without the student's preamble
+            if text and step.kind in ("correct", "answer") and is_echo(text, recent):
+                confirmation = confirmation or (text, usage)  # restating a right answer is still an answer
             if not text or is_echo(text, recent):
                 log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
                 continue
-            problems = self._grounding_problems(text, step, section, grounding)
+            problems = self._problems(text, step, section, grounding)
             if best is None or len(problems) < len(best[0]):
                 best = (problems, text, usage)
             if not problems:
@@ -269,6 +253,8 @@ class LessonEngine:
             text, usage = confirmation
         elif step.role == "teacher":
             raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
+        elif step.kind == "ask":
+            text = prompts.fallback_question(section)
         else:
             text, kind = STUDENT_FALLBACK, "fallback"
         return await self.store.call(
@@ -290,12 +276,15 @@ class LessonEngine:
             await self.budget.record(lesson.get("guild_id"), model, usage)
 
     @staticmethod
-    def _grounding_problems(text: str, step: Step, section: Section, grounding: str | None) -> list[str]:
-        """Why a grounded teacher's turn should be tried again: names or numbers its notes don't have,
-        or (for an explanation) no more than half of the notes' names and numbers."""
-        if grounding is None:
+    def _problems(text: str, step: Step, section: Section, grounding: str | None) -> list[str]:
+        """Why a teacher's turn should be tried again: it copied its prompt's wording; grounded, it names
+        names or numbers its notes don't have, or (an explanation) no more than half of the notes' ones."""
+        if step.role != "teacher":
             return []
-        problems = [f"made up {t}" for t in ungrounded_terms(text, grounding)]
+        problems = [f"copied its prompt ({p})" for p in copied_phrases(text, prompts.SCAFFOLD)]
+        if grounding is None:
+            return problems
+        problems += [f"made up {t}" for t in ungrounded_terms(text, grounding)]
         if step.kind == "explain":
             keys = key_terms(section.text)
             missing = missing_key_terms(text, section.text)
@@ -310,6 +299,10 @@ class LessonEngine:
         teacher_turn = next((t["content"] for t in in_section if t["role"] == "teacher"), "")
         if step.kind == "reply":
             return prompts.student_reply(name, topic, teacher_turn)
+        if step.kind == "ask":
+            return prompts.student_question(name, topic, teacher_turn)
+        if step.kind == "answer":
+            return prompts.answer(name, topic, section, in_section[-1]["content"])
         student_turn = next((t["content"] for t in in_section if t["role"] == "student"), "")
         return prompts.correct(name, topic, section, teacher_turn, student_turn)
 

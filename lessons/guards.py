@@ -90,3 +90,26 @@ def missing_key_terms(reply: str, notes: str) -> list[str]:
 def key_terms(notes: str) -> list[str]:
     """The numbers and names of a section's notes: what an explanation of it has to mention."""
     return list(dict.fromkeys(_NUMBER.findall(notes) + _NAME.findall(notes)))
+
+
+def copied_phrases(reply: str, phrases: tuple[str, ...]) -> list[str]:
+    """Which of a prompt's fixed phrases a reply copied (a small model echoing its instructions)."""
+    low = reply.lower()
+    return [p.strip() for p in phrases if p in low]
+
+
+_QUESTION_END = re.compile(r"\?(?=[\s\"'*_)]|$)")
+_SENTENCE_END = re.compile(r"[.!](?:\s|$)")
+
+
+def end_at_question(text: str) -> str:
+    """An explanation cut after its check question: the first question that follows a statement.
+
+    Small teachers go on to answer their own question ("Question: …? Answer: …"), or to invent
+    more question-and-answer pairs; that would leave the student nothing to answer, and teach
+    invented facts.
+    """
+    for m in _QUESTION_END.finditer(text):
+        if _SENTENCE_END.search(text, 0, m.start()):
+            return text[: m.end()].rstrip()
+    return text

@@ -11,10 +11,10 @@ trains the student; the others, ranked below it, become the rejected side of pre
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lessons.engine import Step
+from lessons import steps
+from lessons.steps import Step
 
 PANEL = "panel"
 """The `kind` of a panel answer turn (and the lesson mode)."""
@@ -33,15 +33,14 @@ def check_request(mode: str, teachers: list[str], students: list[str]) -> str | 
     return None
 
 
-def turns_per_section(mode: str, teachers: list[str]) -> int:
-    """How many turns one syllabus section takes in this mode."""
-    return 2 + len(teachers) if mode == PANEL else 3
+def turns_per_section(mode: str, teachers: list[str], grounded: bool = False) -> int:
+    """How many turns one syllabus section takes in this mode (a grounded single or rotate
+    lesson adds a question round, see lessons/steps.py)."""
+    return 2 + len(teachers) if mode == PANEL else len(steps.phases(grounded))
 
 
 def next_step(n_sections: int, done_turns: int, teachers: list[str], students: list[str], max_turns: int) -> Step | None:
     """The panel turn after `done_turns` turns, or None when the syllabus is covered or the limit reached."""
-    from lessons.engine import Step
-
     if done_turns >= max_turns:
         return None
     section, phase = divmod(done_turns, turns_per_section(PANEL, teachers))

@@ -66,6 +66,43 @@ def student_reply(name: str, topic: str, teacher_turn: str) -> list[Message]:
     ]
 
 
+def student_question(name: str, topic: str, teacher_turn: str) -> list[Message]:
+    """The student asks one question about what it was just taught (a grounded lesson's question round)."""
+    return [
+        {
+            "role": "system",
+            "content": f"You are {name}, a curious student learning about {topic}.",
+        },
+        {"role": "user", "content": f"{teacher_turn}\n\nAsk me one short question about a name, number or fact "
+         "in what I just said, to check you will remember it. Write only the question."},
+    ]
+
+
+def answer(name: str, topic: str, section: Section, question: str) -> list[Message]:
+    """The teacher answers the student's question, from the notes when it has them."""
+    if section.text:
+        return [
+            {"role": "system", "content": teacher_system(name, topic, None)},
+            {"role": "user", "content": f"Notes on {section.title}:\n{section.text}\n\nMy question: {question}\n\n"
+             "Answer my question from the notes in one or two sentences, with their exact names and numbers."},
+        ]
+    return [
+        {"role": "system", "content": teacher_system(name, topic, None)},
+        {"role": "user", "content": f"{question}\n\n(Answer in one or two sentences.)"},
+    ]
+
+
+def fallback_question(section: Section) -> str:
+    """What the student asks when its own attempts at a question were unusable."""
+    return f"What should I remember about {section.title.rstrip(' .?!')}?"
+
+
+# Fixed wording of the prompts above that a small teacher sometimes copies into its reply
+# ("I answered: …", "Check my answer against the notes"); such a turn is tried again.
+SCAFFOLD = ("you asked me:", "i answered:", "i said:", "my question:", "notes on ", "check my answer", "answer my question",
+            "teach me these notes", "tell me if i am right")
+
+
 def correct(name: str, topic: str, section: Section, teacher_turn: str, student_turn: str) -> list[Message]:
     """The teacher says whether the student was right, corrects, and restates the key fact."""
     if section.text:

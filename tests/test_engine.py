@@ -135,11 +135,11 @@ async def test_a_grounded_teacher_inventing_facts_is_retried_and_the_grounded_re
 
     prof = ScriptedBackend("prof", teacher)
     doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
-    lid, outcome, _ = await run_lesson(make_engine(store, teacher=prof), turns=3, source_name="v.md", source_text=doc)
+    lid, outcome, _ = await run_lesson(make_engine(store, teacher=prof), turns=5, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
     assert outcome.reason == "syllabus covered"
     assert turns[0]["content"] == "The gate code of Vellmoor is 4471. What is the code?"
-    correction_request = prof.calls[-1][-1]["content"]
+    correction_request = next(c[-1]["content"] for c in prof.calls if "You asked me" in c[-1]["content"])
     assert "You asked me: What is the code?" in correction_request and "4471" in correction_request
 
 
@@ -245,3 +245,40 @@ async def test_bad_requests_are_refused_before_anything_is_stored(store, topic, 
     with pytest.raises(LessonError, match=message):
         await engine.open(LessonRequest(topic=topic, teachers=teachers, students=["kid"], max_turns=4))
     assert await store.call(q.list_lessons) == []
+
+
+async def test_a_grounded_section_ends_with_the_students_own_question_answered_from_the_notes(store):
+    def teacher(messages):
+        last = messages[-1]["content"]
+        if "Teach me these notes" in last:  # answering its own check question is cut off
+            return "The mayor of Vellmoor is Ada Quill. Who is the mayor? Answer: Ada Quill."
+        if "My question: Who runs the ferry?" in last:  # first attempt invents a name: tried again
+            answers.append(last)
+            return "Captain Bob runs the ferry." if len(answers) == 1 else "Ada Quill runs the ferry."
+        return "Not quite. The mayor of Vellmoor is Ada Quill."
+
+    answers: list[str] = []
+    student = ScriptedBackend("kid", ["Maybe a fisherman.", "Interesting! Who runs the ferry?"])
+    prof = ScriptedBackend("prof", teacher)
+    doc = "The mayor of Vellmoor is Ada Quill. Ada Quill also runs the ferry to the mainland every morning."
+    lid, outcome, _ = await run_lesson(make_engine(store, teacher=prof, student=student), turns=20,
+                                       source_name="v.md", source_text=doc)
+    assert outcome.reason == "syllabus covered"
+    turns = await store.call(q.turns, lid)
+    assert [(t["kind"], t["content"]) for t in turns] == [
+        ("explain", "The mayor of Vellmoor is Ada Quill. Who is the mayor?"),
+        ("reply", "Maybe a fisherman."),
+        ("correct", "Not quite. The mayor of Vellmoor is Ada Quill."),
+        ("ask", "Who runs the ferry?"),  # only the question, without the student's preamble
+        ("answer", "Ada Quill runs the ferry."),
+    ]
+    assert len(answers) == 2 and answers[0].startswith("Notes on ") and "runs the ferry to the mainland" in answers[0]
+
+
+async def test_a_student_with_no_usable_question_asks_the_fallback_one(store):
+    doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
+    student = ScriptedBackend("kid", ["Maybe 12?", "I like gates."])  # its "question" has no question in it
+    lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=5, source_name="v.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert outcome.reason == "syllabus covered"
+    assert turns[3]["kind"] == "ask" and turns[3]["content"].startswith("What should I remember about")

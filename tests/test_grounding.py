@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from lessons.guards import key_terms, missing_key_terms, ungrounded_terms
-from lessons.prompts import check_question
-from trainer.dataset import check_question_example
+from lessons.guards import copied_phrases, end_at_question, key_terms, missing_key_terms, ungrounded_terms
+from lessons.prompts import SCAFFOLD, check_question
+from trainer.dataset import question_examples
 
 NOTES = "Vellmoor is a small island town in the Quiet Sea. About 2,300 people live there. The mayor is Ada Quill."
 
@@ -47,16 +47,38 @@ TURNS = [
 
 
 def test_a_check_question_becomes_a_direct_question_answered_by_the_correction_without_its_verdict():
-    messages = check_question_example(TURNS, "Kid", excluded=set(), blocked=set())
-    assert messages is not None
+    [messages] = question_examples(TURNS, "Kid", excluded=set(), blocked=set())
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
     assert messages[1]["content"] == "How many people live there?"
     assert messages[2]["content"] == "About 2,300 people live in Vellmoor." and messages[2]["train"] is True
 
 
+def test_the_students_own_question_and_the_teachers_answer_become_a_second_pair():
+    turns = [*TURNS, _turn(4, "student", "ask", "Who is the mayor of Vellmoor?", speaker="kid"),
+             _turn(5, "teacher", "answer", "The mayor of Vellmoor is Ada Quill.")]
+    pairs = question_examples(turns, "Kid", excluded=set(), blocked=set())
+    assert [(m[1]["content"], m[2]["content"], m[2]["turn_id"]) for m in pairs] == [
+        ("How many people live there?", "About 2,300 people live in Vellmoor.", 3),
+        ("Who is the mayor of Vellmoor?", "The mayor of Vellmoor is Ada Quill.", 5)]
+    assert [m[2]["turn_id"] for m in question_examples(turns, "Kid", excluded={3}, blocked=set())] == [5]
+
+
 def test_no_question_example_from_a_voted_down_or_blocked_correction():
-    assert check_question_example(TURNS, "Kid", excluded={3}, blocked=set()) is None
-    assert check_question_example(TURNS, "Kid", excluded=set(), blocked={"prof"}) is None
+    assert question_examples(TURNS, "Kid", excluded={3}, blocked=set()) == []
+    assert question_examples(TURNS, "Kid", excluded=set(), blocked={"prof"}) == []
+
+
+def test_an_explanation_ends_at_its_check_question():
+    turn = "The ferry leaves at 7. Question: When does the ferry leave? Answer: At 7. Q: And the lighthouse? A: Green."
+    assert end_at_question(turn) == "The ferry leaves at 7. Question: When does the ferry leave?"
+    assert end_at_question("Why ferries? They float. Fine.") == "Why ferries? They float. Fine."  # no statement first
+    assert end_at_question("The ferry leaves at 7.") == "The ferry leaves at 7."
+
+
+def test_a_reply_copying_its_prompts_wording_is_caught():
+    assert copied_phrases("Right. I answered: the ferry. Check my answer against the notes.", SCAFFOLD) == [
+        "i answered:", "check my answer"]
+    assert copied_phrases("The ferry leaves at 7 and the mayor answered questions.", SCAFFOLD) == []
 
 
 def test_the_repetition_penalty_spares_the_prompt_so_a_teacher_can_quote_its_notes():

@@ -26,6 +26,7 @@ SOURCE = (
 
 
 STUDENT_LINE = "What does that mean for me?"
+STUDENT_QUESTION = "Who may cross at dusk?"  # a grounded section's question round: the student's own question
 
 
 def teacher(name: str):
@@ -33,7 +34,7 @@ def teacher(name: str):
     student's question is in the prompt, so it does not depend on the prompts' wording."""
 
     def reply(messages):
-        if any(STUDENT_LINE in m["content"] for m in messages):
+        if any(STUDENT_LINE in m["content"] or STUDENT_QUESTION in m["content"] for m in messages):
             return f"{name} answers: it means you may cross at dusk."
         return f"{name} explains the point, then asks whether it is clear."
 
@@ -49,7 +50,7 @@ async def store(tmp_path):
 
 def engine_with(store, teachers: list[str]):
     backends = {n: teacher(n) for n in teachers}
-    backends["kid"] = ScriptedBackend("kid", STUDENT_LINE)
+    backends["kid"] = ScriptedBackend("kid", [STUDENT_LINE, STUDENT_QUESTION])
     return LessonEngine(store, scripted_registry(backends, trainable=["kid"]))
 
 
@@ -73,9 +74,11 @@ async def test_rotate_mode_gives_teachers_sections_in_turn_and_records_the_speak
     lid, outcome = await run(engine, ["ann", "bob"], "rotate")
     assert outcome.status == "finished" and outcome.reason == "syllabus covered"
     turns = await store.call(q.turns, lid)
-    assert [(t["section"], t["speaker"]) for t in turns if t["role"] == "teacher"] == [
-        (0, "ann"), (0, "ann"), (1, "bob"), (1, "bob")]
+    assert [(t["section"], t["kind"], t["speaker"]) for t in turns if t["role"] == "teacher"] == [
+        (0, "explain", "ann"), (0, "correct", "ann"), (0, "answer", "ann"),
+        (1, "explain", "bob"), (1, "correct", "bob"), (1, "answer", "bob")]
     assert turns[0]["content"].startswith("ann explains") and turns[2]["content"].startswith("ann answers")
+    assert turns[3]["content"] == STUDENT_QUESTION and turns[4]["content"].startswith("ann answers")
 
 
 async def test_panel_mode_every_teacher_answers_and_only_the_winner_trains(store):

@@ -65,9 +65,8 @@ def lesson_examples(
             messages.pop()
         if any(m["role"] == "assistant" for m in messages):
             examples.append({"id": f"lesson{lesson_id}-s{section}", "lesson_id": lesson_id, "messages": messages})
-        qa = check_question_example(turns, student_name, excluded, blocked)
-        if qa is not None:
-            examples.append({"id": f"lesson{lesson_id}-s{section}-qa", "lesson_id": lesson_id, "messages": qa})
+        for i, qa in enumerate(question_examples(turns, student_name, excluded, blocked)):
+            examples.append({"id": f"lesson{lesson_id}-s{section}-qa{i or ''}", "lesson_id": lesson_id, "messages": qa})
     return examples
 
 
@@ -75,26 +74,38 @@ _VERDICT = re.compile(r"^(?:(?:yes|no|correct|incorrect|right|wrong|exactly|not 
                       r"that'?s (?:right|correct|not (?:quite )?right|wrong|incorrect))\b[^.!]{0,40}[.!,]+\s*)+", re.I)
 
 
-def check_question_example(
+def question_examples(
     turns: list[dict[str, Any]], student_name: str, excluded: set[int], blocked: set[str]
-) -> list[dict[str, Any]] | None:
-    """The section's check-for-understanding as a plain question and answer, the way members ask.
+) -> list[list[dict[str, Any]]]:
+    """A section's questions and their answers as plain /ask-shaped conversations.
 
-    The teacher's explanation ends on a question and its correction answers it from the notes.
-    Asked directly, with the verdict on the student's attempt ("Not quite.") dropped, that pair
-    is the shape of every /ask and quiz question: facts learnt only as a lecture are often not
-    recalled when asked. Only when the correction may be trained on: not voted down (`excluded`
-    turn ids) and not from a model whose outputs may not be trained on (`blocked` speakers).
+    Two pairs come from a section: the teacher's check question (the one its explanation ends
+    on), answered by its correction with the verdict on the student's attempt ("Not quite.")
+    dropped; and, in a grounded lesson, the student's own question with the teacher's answer.
+    Asked directly, without the lesson around them, they are the shape of every /ask and quiz
+    question: facts learnt only as a lecture are often not recalled when asked. Only answers
+    that may be trained on count: not voted down (`excluded` turn ids) and not from a model
+    whose outputs may not be trained on (`blocked` speakers).
     """
-    explain = next((t for t in turns if t["role"] == "teacher" and t["kind"] == "explain"), None)
-    correction = next((t for t in turns if t["role"] == "teacher" and t["kind"] == "correct"), None)
-    question = prompts.check_question(explain["content"]) if explain else None
-    if question is None or correction is None or correction["id"] in excluded or correction["speaker"] in blocked:
-        return None
-    answer = _VERDICT.sub("", correction["content"]).strip() or correction["content"]
-    return [*prompts.ask(student_name), {"role": "user", "content": question},
-            {"role": "assistant", "content": answer, "train": True, "turn_id": correction["id"],
-             "speaker": correction["speaker"]}]
+    def first(role: str, kind: str) -> dict[str, Any] | None:
+        return next((t for t in turns if t["role"] == role and t["kind"] == kind), None)
+
+    explain, correction = first("teacher", "explain"), first("teacher", "correct")
+    asked, answer = first("student", "ask"), first("teacher", "answer")
+    pairs = []
+    if explain is not None and correction is not None:
+        question = prompts.check_question(explain["content"])
+        if question is not None:
+            pairs.append((question, correction, _VERDICT.sub("", correction["content"]).strip()))
+    if asked is not None and answer is not None:
+        pairs.append((asked["content"], answer, answer["content"].strip()))
+    return [
+        [*prompts.ask(student_name), {"role": "user", "content": question},
+         {"role": "assistant", "content": text or turn["content"], "train": True, "turn_id": turn["id"],
+          "speaker": turn["speaker"]}]
+        for question, turn, text in pairs
+        if turn["id"] not in excluded and turn["speaker"] not in blocked
+    ]
 
 
 def _sections(db: Database, lesson_id: int) -> list[tuple[int, list[dict[str, Any]]]]:
