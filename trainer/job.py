@@ -29,7 +29,7 @@ from storage import fetch_all
 from storage import quiz as quiz_store
 from storage import training as tq
 from storage import votes as v
-from trainer import dataset
+from trainer import anchors, dataset
 from trainer.process import run_module
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ class TrainResult:
     status: str  # promoted | rejected | skipped | failed
     adapter: str | None = None
     version: int | None = None
-    examples: int = 0
+    examples: int = 0  # from lessons and quiz corrections (replay included)
+    anchors: int = 0  # the student's own answers to general questions (trainer/anchors.py)
     tokens: int = 0
     seconds: float = 0.0
     before: dict[str, Any] | None = None
@@ -55,7 +56,7 @@ class TrainResult:
     adapter_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("run_id", "student", "status", "adapter", "examples", "tokens",
+        return {k: getattr(self, k) for k in ("run_id", "student", "status", "adapter", "examples", "anchors", "tokens",
                                               "seconds", "before", "after", "reason")} | {"version": self.version}
 
 
@@ -126,7 +127,14 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
     trainable = [e for e in examples if any(m.get("train") for m in e["messages"] if m["role"] == "assistant")]
     if not trainable:
         return TrainResult(run_id, student, "skipped", reason="the new lessons have no trainable teacher turns")
-    data_hash = dataset.data_hash(trainable)
+    n_anchors = anchors.how_many(len(trainable), settings.training.anchor_share)
+    anchored: list[dict[str, Any]] = []
+    if n_anchors:
+        await progress({"event": "stage", "stage": "anchors",
+                        "message": f"the student answers {n_anchors} general questions to keep its general answers"})
+        anchored = await anchors.anchor_examples(await app.models.backend(student), student, name,
+                                                 app.models.params(student), n_anchors, seed=settings.training.seed + run_id)
+    data_hash = dataset.data_hash(trainable + anchored)
     await app.store.call(_record_inputs, run_id, [lesson["id"] for lesson in new],
                          [c["correction_id"] for c in new_corrections], _teacher_shares(trainable), data_hash)
 
@@ -151,10 +159,11 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
         "meta": {"student": student, "run_id": run_id, "version": version, "data_hash": data_hash,
                  "lessons": [lesson["id"] for lesson in new], "parent_version": active["version"] if active else None},
     }
-    await asyncio.to_thread(_write_run_files, run_dir, [dataset.for_trainer(ex) for ex in trainable], job)
-    await progress({"event": "stage", "stage": "train", "message": f"training on {len(trainable)} examples"})
+    await asyncio.to_thread(_write_run_files, run_dir, [dataset.for_trainer(ex) for ex in trainable + anchored], job)
+    await progress({"event": "stage", "stage": "train",
+                    "message": f"training on {len(trainable)} examples and {len(anchored)} anchors"})
     trained = await run_module("trainer", ["--job", str(run_dir / "job.json")], progress)
-    result = TrainResult(run_id, student, "failed", examples=len(trainable))
+    result = TrainResult(run_id, student, "failed", examples=len(trainable), anchors=len(anchored))
     start = next((e for e in trained.events if e.get("event") == "start"), {})
     result.tokens = int(start.get("tokens") or 0)
     if trained.returncode != 0 or trained.last.get("event") != "done":
