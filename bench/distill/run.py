@@ -3,7 +3,7 @@
 One command, offline, on the bundled models (SmolLM2-135M as grounded teacher and as student):
 
     .venv/bin/python bench/distill/run.py            # every pack, writes the table into bench/README.md
-    .venv/bin/python bench/distill/run.py --quick    # one pack, 6 questions, one lesson: the CI-sized check
+    .venv/bin/python bench/distill/run.py --quick    # CI-sized: one pack's first 2 sections, 6 questions
 
 Every step is a `classroom` command run in a fresh CLASSROOM_HOME, exactly as a user would:
   1. quiz the base student on each pack's paraphrased questions (no notes)   -> "base"
@@ -108,6 +108,16 @@ class Runner:
         return summary
 
 
+def first_sections(document: Path, sections: int | None, work: Path) -> Path:
+    """The document cut to its first `sections` sections (the text under the title counts as the first one)."""
+    if not sections:
+        return document
+    parts = re.split(r"(?m)^(?=## )", document.read_text(encoding="utf-8"))
+    out = work / f"{document.stem}.first{sections}.md"
+    out.write_text("".join(parts[:sections]), encoding="utf-8")
+    return out
+
+
 def subset(path: Path, limit: int | None, work: Path) -> Path:
     """The first `limit` questions of a file (all of them without a limit)."""
     if not limit:
@@ -119,9 +129,11 @@ def subset(path: Path, limit: int | None, work: Path) -> Path:
 
 
 def bench(
-    packs: list[Pack], lessons_per_pack: int, limit: int | None, home: Path, verbose: bool, config: Path | None = None
+    packs: list[Pack], lessons_per_pack: int, limit: int | None, home: Path, verbose: bool, config: Path | None = None,
+    sections: int | None = None, quick: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole loop; the figures for the table."""
+    """Run the whole loop; the figures for the table. `quick` leaves out the teacher's ceiling and the
+    control quizzes (the training gate still checks the control set before promoting)."""
     work = home / "bench"
     work.mkdir(parents=True, exist_ok=True)
     shared = REPO / ".cache" / "models"  # the bundled model, converted once per machine (as the tests do)
@@ -133,16 +145,19 @@ def bench(
     started = time.monotonic()
     results = {p.name: PackResult(p.name, 0) for p in packs}
     questions = {p.name: subset(p.questions, limit, work) for p in packs}
+    documents = {p.name: first_sections(p.document, sections, work) for p in packs}
 
     for p in packs:
         base = runner.quiz(questions[p.name], student, f"{p.name}.base")
         results[p.name].questions, results[p.name].base = base["n"], base["correct"]
-        results[p.name].teacher = runner.quiz(questions[p.name], teacher, f"{p.name}.teacher", notes=p.document)["correct"]
-    control_before = runner.quiz(CONTROL, student, "control.before")
+        if not quick:
+            results[p.name].teacher = runner.quiz(questions[p.name], teacher, f"{p.name}.teacher",
+                                                  notes=documents[p.name])["correct"]
+    control_before = None if quick else runner.quiz(CONTROL, student, "control.before")
 
     for p in packs:
         for _ in range(lessons_per_pack):
-            out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(p.document),
+            out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(documents[p.name]),
                                         "--teacher", teacher, "--student", student, "--turns", "200", "--json")[-1])
             results[p.name].lessons.append(out["lesson_id"])
             results[p.name].turns += out["turns"]
@@ -151,10 +166,14 @@ def bench(
 
     for p in packs:
         results[p.name].after = runner.quiz(questions[p.name], student, f"{p.name}.after")["correct"]
-    control_after = runner.quiz(CONTROL, student, "control.after")
+    control = None
+    if control_before is not None:
+        control_after = runner.quiz(CONTROL, student, "control.after")
+        control = {"n": control_before["n"], "before": control_before["correct"], "after": control_after["correct"]}
     return {
         "packs": [vars(r) for r in results.values()],
-        "control": {"n": control_before["n"], "before": control_before["correct"], "after": control_after["correct"]},
+        "control": control,
+        "sections": sections,
         # before/after: the gate's held-out items for these lessons (topic) and its control set, base vs candidate
         "train": {k: train.get(k) for k in ("status", "examples", "tokens", "seconds", "version", "reason", "before", "after")},
         "wall_s": round(time.monotonic() - started),
@@ -173,12 +192,13 @@ def table(result: dict[str, Any]) -> str:
     ]
     for p in result["packs"]:
         n = p["questions"]
-        rows.append(f"| {p['pack']} | {n} | {_pct(p['base'], n)} | {_pct(p['teacher'], n)} | "
+        teacher = _pct(p["teacher"], n) if c is not None else "–"
+        rows.append(f"| {p['pack']} | {n} | {_pct(p['base'], n)} | {teacher} | "
                     f"**{_pct(p['after'], n)}** | {len(p['lessons'])} | {p['turns']} |")
     rows.append("")
-    rows.append(f"Control ({c['n']} general questions): {c['before']} → {c['after']} correct. "
-                f"Training: {t['status']}, {t['examples']} examples, {t['tokens']} tokens, {t['seconds']:.0f} s. "
-                f"Whole run: {result['wall_s'] / 60:.1f} min.")
+    control = f"Control ({c['n']} general questions): {c['before']} → {c['after']} correct. " if c else ""
+    rows.append(f"{control}Training: {t['status']}, {t['examples']} examples, {t['tokens']} tokens, "
+                f"{t['seconds']:.0f} s. Whole run: {result['wall_s'] / 60:.1f} min.")
     return "\n".join(rows)
 
 
@@ -203,7 +223,9 @@ def main() -> None:
     parser.add_argument("--lessons", type=int, default=1,
                         help="lessons per pack (default 1: the bundled teacher is greedy, so a repeat adds nothing)")
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions of each pack")
-    parser.add_argument("--quick", action="store_true", help="one pack, 6 questions, one lesson: the CI-sized run")
+    parser.add_argument("--sections", type=int, default=None, help="teach only the first N sections of each pack")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI-sized: one pack's first 2 sections, its first 6 questions, no ceiling or control quizzes")
     parser.add_argument("--home", type=Path, default=None, help="data home to use (default: a fresh temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
     parser.add_argument("--write-readme", action="store_true", help="put the table into bench/README.md")
@@ -214,9 +236,10 @@ def main() -> None:
     names = args.packs or (["vellmoor"] if args.quick else sorted(p.stem for p in PACKS.glob("*.md")))
     packs = [Pack.load(n) for n in names]
     limit = args.questions or (6 if args.quick else None)
+    sections = args.sections or (2 if args.quick else None)
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         home = args.home or Path(tmp)
-        result = bench(packs, args.lessons, limit, home, args.verbose, args.config)
+        result = bench(packs, args.lessons, limit, home, args.verbose, args.config, sections, args.quick)
     text = table(result)
     print(text)
     if args.json:
