@@ -21,7 +21,18 @@ stream really stops mid-body, a dropped connection really closes without a byte.
 Endpoints: `POST /v1/chat/completions` (plain, or SSE with `"stream": true`, ending in
 `data: [DONE]`, with a usage chunk when `stream_options.include_usage` is set) and
 `GET /v1/models`. The default reply is `"You said: <last user message>"`. Streams send
-one delta per word (1000-character pieces for long replies).
+one delta per word (1000-character pieces for long replies). A reply function that takes
+the body can answer per model, e.g. a fine-tuned model better than its base:
+`server.set_reply(lambda messages, body: "4471" if body["model"].startswith("ft:") else "no idea")`.
+
+Fine-tuning, as API students use it: `POST /v1/files` (multipart; `server.files[id].content`
+keeps the uploaded bytes), `POST /v1/fine_tuning/jobs`, `GET /v1/fine_tuning/jobs/{id}` and
+`POST /v1/fine_tuning/jobs/{id}/cancel`. A new job reports the first of `set_fine_tune`'s
+statuses and each retrieve the next, staying on the last (default: validating_files, running,
+succeeded). A succeeded job names `ft:<model>:fake:<suffix>:<job id>` as its fine-tuned model;
+a failed one carries `error.message`. `server.jobs[id]` is each job as last reported.
+
+    server.set_fine_tune("validating_files", "failed", error="too few examples")
 
 Faults (strings or `Fault(...)`), used by chat requests in the order enqueued:
   "429"        rate limited, with `Retry-After: <retry_after>` (1 s unless set; None: no header)
@@ -43,6 +54,8 @@ Faults (strings or `Fault(...)`), used by chat requests in the order enqueued:
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import inspect
 import json
 import re
@@ -88,6 +101,16 @@ class RecordedRequest(dict):
 
 
 @dataclass
+class UploadedFile:
+    """One file sent to `POST /v1/files`."""
+
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+
+
+@dataclass
 class _Request:
     method: str
     path: str
@@ -117,6 +140,11 @@ class FakeOpenAI:
         self.answering = 0  # chat requests being answered now, not counting those hanging in a "timeout" fault
         self.port = 0
         self._reply: Reply = _echo
+        self.files: dict[str, UploadedFile] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._job_statuses: tuple[str, ...] = ("validating_files", "running", "succeeded")
+        self._job_error = "fake fine-tuning failure"
+        self._job_polls: dict[str, int] = {}
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -138,6 +166,13 @@ class FakeOpenAI:
     def set_reply(self, reply: Reply) -> None:
         """Answer with a fixed text, or fn(messages) / fn(messages, body) returning the text."""
         self._reply = reply
+
+    def set_fine_tune(self, *statuses: str, error: str = "fake fine-tuning failure") -> None:
+        """The statuses a new fine-tuning job goes through, one per look at it; a failed job reports `error`."""
+        if not statuses:
+            raise ValueError("give at least one status")
+        self._job_statuses = statuses
+        self._job_error = error
 
     def enqueue(self, *faults: str | Fault) -> None:
         """Make the next chat requests misbehave, one fault each, in order; then replies are normal."""
@@ -241,6 +276,10 @@ class FakeOpenAI:
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
             await _send_json(writer, 200, {"object": "list", "data": data})
             return True
+        if path == "/v1/files" or path.startswith("/v1/fine_tuning/jobs"):
+            status, payload = self._fine_tuning(request, path, body or {})
+            await _send_json(writer, status, payload)
+            return True
         if request.method != "POST" or path != "/v1/chat/completions":
             await _send_json(writer, 404, _error(f"no route {request.method} {path}", "not_found"))
             return True
@@ -315,6 +354,57 @@ class FakeOpenAI:
         await _send_json(writer, 200, payload)
         return True
 
+    def _fine_tuning(self, request: _Request, path: str, body: dict) -> tuple[int, dict]:
+        """Files and fine-tuning jobs: (status, JSON body)."""
+        with self._lock:
+            if request.method == "POST" and path == "/v1/files":
+                fields = _multipart(request.headers.get("content-type", ""), request.body)
+                if "file" not in fields:
+                    return 400, _error("multipart body needs a `file` part", "invalid_request")
+                name, content = fields["file"]
+                upload = UploadedFile(f"file-{len(self.files) + 1}", name, fields.get("purpose", ("", b""))[1].decode(),
+                                      content)
+                self.files[upload.id] = upload
+                return 200, {"id": upload.id, "object": "file", "bytes": len(content), "created_at": 0,
+                             "filename": upload.filename, "purpose": upload.purpose, "status": "processed"}
+            if request.method == "POST" and path == "/v1/fine_tuning/jobs":
+                if body.get("training_file") not in self.files:
+                    return 400, _error(f"no file {body.get('training_file')!r}", "invalid_request")
+                job_id = f"ftjob-{len(self.jobs) + 1}"
+                self.jobs[job_id] = {"id": job_id, "object": "fine_tuning.job", "model": body.get("model"),
+                                     "training_file": body["training_file"], "validation_file": None,
+                                     "suffix": body.get("suffix"), "hyperparameters": body.get("hyperparameters") or {},
+                                     "created_at": 0, "finished_at": None, "fine_tuned_model": None, "error": None,
+                                     "organization_id": "org-fake", "result_files": [], "seed": 0,
+                                     "trained_tokens": None, "status": ""}
+                self._job_polls[job_id] = 0
+                return 200, self._job_state(job_id)
+            match = re.fullmatch(r"/v1/fine_tuning/jobs/([\w-]+)(/cancel)?", path)
+            if match is None or match.group(1) not in self.jobs:
+                return 404, _error(f"no route {request.method} {path}", "not_found")
+            job_id = match.group(1)
+            if request.method == "POST" and match.group(2):
+                self.jobs[job_id].update(status="cancelled", finished_at=0)
+                return 200, self.jobs[job_id]
+            if request.method == "GET" and not match.group(2):
+                self._job_polls[job_id] += 1
+                return 200, self._job_state(job_id)
+            return 404, _error(f"no route {request.method} {path}", "not_found")
+
+    def _job_state(self, job_id: str) -> dict:
+        """The job at its current poll: the next planned status (a cancelled job stays cancelled)."""
+        job = self.jobs[job_id]
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        status = self._job_statuses[min(self._job_polls[job_id], len(self._job_statuses) - 1)]
+        job["status"] = status
+        if status == "succeeded":
+            job.update(fine_tuned_model=f"ft:{job['model']}:fake:{job['suffix'] or ''}:{job_id}", finished_at=0,
+                       trained_tokens=len(self.files[job["training_file"]].content.split()))
+        elif status == "failed":
+            job.update(error={"code": "invalid_training_file", "message": self._job_error, "param": None}, finished_at=0)
+        return job
+
     def _reply_text(self, body: dict, kind: str | None) -> str | dict:
         if kind == "empty":
             return ""
@@ -380,6 +470,18 @@ def _usage(body: dict, text: str) -> dict[str, int]:
     prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"] if isinstance(m, dict))
     completion = len(text.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _multipart(content_type: str, data: bytes) -> dict[str, tuple[str, bytes]]:
+    """Each part of a multipart/form-data body by field name: (filename, bytes)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + data)
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            fields[name] = (part.get_filename() or "", part.get_payload(decode=True) or b"")
+    return fields
 
 
 def _completion(body: dict, text: str) -> dict:
