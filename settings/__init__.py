@@ -47,6 +47,17 @@ class Generation(_Strict):
     seed: int | None = 0
 
 
+class FineTune(_Strict):
+    """How a trainable `openai` student is fine-tuned through its provider's files + fine_tuning jobs API."""
+
+    base_model: str | None = None  # the model each job trains; default: the student's `model`
+    suffix: str | None = Field("classroom", min_length=1, max_length=64)  # part of the fine-tuned model's name
+    poll_seconds: float = Field(30.0, gt=0)  # between two looks at the job's status
+    max_hours: float = Field(24.0, gt=0)  # a job not finished by then is cancelled and the run fails
+    # passed through as the job's `hyperparameters` (e.g. n_epochs); what is accepted is up to the provider
+    hyperparameters: dict[str, int | float | str] = {}
+
+
 class ModelSpec(_Strict):
     """A named model: where it runs, who it is in Discord, how it generates."""
 
@@ -69,7 +80,9 @@ class ModelSpec(_Strict):
     batch_window_ms: float = Field(5.0, ge=0, le=1000)
     persona: Persona = Persona()
     generation: Generation = Generation()
+    # a trainable local model gets LoRA adapters; a trainable openai model is fine-tuned through its API
     trainable: bool = False
+    fine_tune: FineTune | None = None  # openai students only; None: the defaults above
     # "small" or "large"; local models are measured by parameter count instead
     size_class: Literal["small", "large"] | None = None
     # Some providers' terms forbid training other models on their outputs.
@@ -83,8 +96,8 @@ class ModelSpec(_Strict):
             raise ValueError("backend 'openai' needs `model` (the model id at the endpoint)")
         if self.backend == "local" and not self.path:
             raise ValueError("backend 'local' needs `path` (a hub id, a directory or a .gguf file)")
-        if self.trainable and self.backend != "local":
-            raise ValueError("only local models can be trainable students")
+        if self.fine_tune is not None and not (self.trainable and self.backend == "openai"):
+            raise ValueError("`fine_tune` is only for trainable models with backend 'openai'")
         return self
 
     @property

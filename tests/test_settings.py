@@ -36,10 +36,10 @@ def test_missing_config_file_is_named(tmp_path):
         load_settings(tmp_path / "nope.toml", env={})
 
 
-def test_trainable_api_model_is_refused(tmp_path):
+def test_fine_tune_options_on_a_local_model_are_refused(tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[models.x]\nbackend = "openai"\nmodel = "m"\nbase_url = "http://127.0.0.1:1/v1"\ntrainable = true\n')
-    with pytest.raises(ConfigError, match=r"models\.x: only local models can be trainable"):
+    cfg.write_text('[models.x]\nbackend = "local"\npath = "p"\ntrainable = true\nfine_tune = { suffix = "x" }\n')
+    with pytest.raises(ConfigError, match=r"models\.x: `fine_tune` is only for trainable models with backend 'openai'"):
         load_settings(cfg, env={})
 
 
