@@ -86,7 +86,7 @@ class ModelRegistry:
                 adapter = spec.name if spec.trainable else None
                 self._backends.setdefault(name, await self._pool.backend_for(spec, adapter_name=adapter))
         backend = self._backends[name]
-        if self.adapter_source is not None and spec.trainable and spec.backend == "local":
+        if self.adapter_source is not None and spec.trainable:
             await self.sync_adapter(name, await self.adapter_source(name))
         return backend
 
@@ -111,8 +111,20 @@ class ModelRegistry:
         return OpenAIBackend(spec, env=self.env)
 
     async def set_adapter(self, student: str, path: Path | str | None) -> None:
-        """Swap a student's live adapter (None: base weights). Requests in flight finish on the old one."""
+        """Swap a student's live adapter (None: base weights). Requests in flight finish on the old one.
+
+        An API student's "adapter" is its fine-tuned model id: requests from now on name that model
+        (None: the configured `model` again).
+        """
         backend = await self.backend(student) if student not in self._backends else self._backends[student]
+        spec = self.spec(student)
+        if spec.backend == "openai":
+            from backends.openai_backend import OpenAIBackend
+
+            if isinstance(backend, OpenAIBackend):  # each request reads the model id from its spec
+                backend.spec = spec.model_copy(update={"model": str(path) if path else spec.model})
+            self._adapters[student] = str(path) if path else None
+            return
         host = getattr(backend, "host", None)
         if host is None:
             raise ConfigError(f"model '{student}' is not a local model; it has no adapters")
@@ -128,7 +140,7 @@ class ModelRegistry:
         return True
 
     def current_adapter(self, student: str) -> str | None:
-        """The adapter directory the live student uses now, or None for base weights."""
+        """The adapter directory (an API student: fine-tuned model id) the live student uses now, or None for base."""
         return self._adapters.get(student)
 
     def size_class(self, name: str) -> str:
