@@ -71,6 +71,9 @@ async def train_student(app: AppContext, student: str, trigger: str = "manual",
     spec = app.models.spec(student)
     if not spec.trainable:
         return TrainResult(None, student, "failed", reason=f"model '{student}' is not trainable")
+    from trainer import api_student  # it builds on this module
+
+    runner = api_student.run if spec.backend == "openai" else _run  # an API student is fine-tuned by its provider
     # one run at a time: training saturates a small machine, and runs share the data home. The lock
     # check and its acquisition happen with no await between them, so two triggers can't both pass.
     if app.training_lock.locked():
@@ -81,7 +84,7 @@ async def train_student(app: AppContext, student: str, trigger: str = "manual",
         run_id = await app.store.call(tq.start_run, student, trigger)
         started = time.monotonic()
         try:
-            result = await _run(app, student, run_id, _safe(progress))
+            result = await runner(app, student, run_id, _safe(progress))
         except asyncio.CancelledError:
             await asyncio.shield(app.store.call(tq.finish_run, run_id, "interrupted", reason="cancelled"))
             raise
@@ -322,7 +325,8 @@ async def rollback(app: AppContext, student: str, version: int | None) -> dict[s
         await app.store.call(tq.deactivate, student)
     else:
         row = await app.store.call(tq.adapter_by_version, student, version)
-        if row is None or row["status"] == "deleted" or not await asyncio.to_thread(Path(row["path"]).is_dir):
+        local = app.models.spec(student).backend == "local"  # an API student's adapter is a model id at its provider
+        if row is None or row["status"] == "deleted" or (local and not await asyncio.to_thread(Path(row["path"]).is_dir)):
             raise ValueError(f"{student} has no adapter v{version} on disk")
         await app.store.call(tq.activate_adapter, row["id"])
     await sync_student(app, student)
