@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ def _accuracy(graded: list[dict[str, Any]], split: str) -> float | None:
     return round(sum(bool(g["correct"]) for g in scored) / len(scored), 4) if scored else None
 
 
-def _client(spec: ModelSpec, env: Any) -> openai.AsyncOpenAI:
+def _client(spec: ModelSpec, env: Mapping[str, str]) -> openai.AsyncOpenAI:
     """A client for the student's endpoint; its own retries cover a dropped upload or poll."""
     key = (env.get(spec.api_key_env) or "").strip()
     return openai.AsyncOpenAI(base_url=spec.base_url or DEFAULT_ENDPOINT, api_key=key or NO_KEY_PLACEHOLDER,
