@@ -27,6 +27,7 @@ from lessons.events import (
     TurnStarted,
 )
 from lessons.guards import (
+    MIN_SUPPORT,
     clean_reply,
     copied_phrases,
     end_at_question,
@@ -34,6 +35,7 @@ from lessons.guards import (
     key_terms,
     missing_key_terms,
     names_other_speaker,
+    notes_support,
     ungrounded_terms,
 )
 from lessons.steps import Step, next_step
@@ -285,6 +287,9 @@ class LessonEngine:
         if grounding is None:
             return problems
         problems += [f"made up {t}" for t in ungrounded_terms(text, grounding)]
+        support = notes_support(text, grounding)
+        if support < MIN_SUPPORT:
+            problems.append(f"strays from its notes (only {support:.0%} of its words are in them)")
         if step.kind == "explain":
             keys = key_terms(section.text)
             missing = missing_key_terms(text, section.text)

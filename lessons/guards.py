@@ -113,3 +113,31 @@ def end_at_question(text: str) -> str:
         if _SENTENCE_END.search(text, 0, m.start()):
             return text[: m.end()].rstrip()
     return text
+
+
+MIN_SUPPORT = 0.6
+"""A grounded teacher's turn with fewer of its content words in its notes is tried again, and not trained on."""
+
+_STOPWORDS = frozenset("""
+about above after again also always among another because been before being below between both cannot could
+does doing down during each every from further have having here into itself just like made make many more most
+much must only other over same should some such than that their them then there these they this those through
+under until very well were what when where which while will with would your yours it's that's there's they're
+""".split())
+
+
+def notes_support(reply: str, notes: str) -> float:
+    """The share of a reply's content words (numbers, and words of four or more letters that are not
+    function words) that its notes contain: how closely a grounded teacher kept to them.
+
+    A 135M teacher "correcting" from its notes often restates the student's invention instead
+    ("Vellmoor ... has been around for centuries and is known for its unique blend of traditional
+    and modern elements": a third of its words are in the notes); a faithful turn is mostly the
+    notes' own words. A reply with no content words counts as fully supported.
+    """
+    have = set(re.findall(r"[a-z0-9']+", notes.lower().replace(",", "")))
+    words = [w for w in re.findall(r"[a-z0-9']+", reply.lower().replace(",", ""))
+             if (w.isdigit() or len(w) >= 4) and w not in _STOPWORDS]
+    if not words:
+        return 1.0
+    return sum(w in have or w.rstrip("s") in have or w + "s" in have for w in words) / len(words)

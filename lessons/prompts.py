@@ -126,11 +126,14 @@ def correct(name: str, topic: str, section: Section, teacher_turn: str, student_
     ]
 
 
+_QUESTION_LABEL = re.compile(r"^(?:question|q)\s*\d*\s*[:.)]\s*", re.I)
+
+
 def check_question(teacher_turn: str) -> str | None:
     """The question a teacher's explanation ends on (its last sentence ending in '?'), if any."""
     sentences = re.split(r"(?<=[.!?])\s+|\n+", teacher_turn.strip())
     questions = [s.strip(" *_\"") for s in sentences if s.strip().rstrip("*_\"").endswith("?")]
-    question = questions[-1] if questions else None
+    question = _QUESTION_LABEL.sub("", questions[-1]) if questions else None
     return question if question and 8 <= len(question) <= 300 else None
 
 

@@ -33,6 +33,8 @@ def test_the_check_question_is_the_last_question_of_the_explanation():
     turn = "Vellmoor has 2,300 people. Is that many? Not really.\n**How many people live in Vellmoor?**"
     assert check_question(turn) == "How many people live in Vellmoor?"
     assert check_question("Vellmoor is small. That is all.") is None
+    assert check_question("The ferry leaves at 7. Question: When does it leave?") == "When does it leave?"
+    assert check_question("The ferry leaves at 7. Q2) When does it leave?") == "When does it leave?"
 
 
 def _turn(tid, role, kind, content, speaker="prof"):
@@ -91,3 +93,29 @@ def test_the_repetition_penalty_spares_the_prompt_so_a_teacher_can_quote_its_not
     out = ReplyRepetitionPenalty(2.0, prompt_len=2)(prompt_and_reply, scores.clone())
     assert out.tolist() == [[2.0, 2.0, 2.0, -4.0, 1.0]]
     assert ReplyRepetitionPenalty(2.0, prompt_len=4)(prompt_and_reply, scores.clone()).tolist() == scores.tolist()
+
+
+def test_notes_support_is_the_share_of_a_replys_content_words_found_in_the_notes():
+    from lessons.guards import notes_support
+
+    assert notes_support("About 2,300 people live in Vellmoor, in the Quiet Sea.", NOTES) == 1.0
+    invented = "Vellmoor has been around for centuries and is known for its unique blend of traditions."
+    assert notes_support(invented, NOTES) < 0.3
+    assert notes_support("Yes!", NOTES) == 1.0  # nothing to check
+
+
+def test_a_grounded_teacher_turn_that_strays_from_its_notes_stays_as_context_but_is_not_trained(tmp_path):
+    from storage import lessons as lq
+    from storage import open_db
+    from trainer.dataset import lesson_examples
+
+    db = open_db(tmp_path / "c.db")
+    lid = lq.create_lesson(db, topic="Vellmoor", teachers=["prof"], students=["kid"], max_turns=3, source_id=None)
+    lq.set_syllabus(db, lid, [{"title": "The town", "text": NOTES}])
+    stray = "Vellmoor has been around for centuries and is known for its unique blend of traditions."
+    for role, content in (("teacher", "About 2,300 people live in Vellmoor. How many people live there?"),
+                          ("student", "Maybe ten thousand?"), ("teacher", stray)):
+        lq.add_turn(db, lesson_id=lid, speaker="prof" if role == "teacher" else "kid", role=role, content=content, section=0)
+    [conversation] = lesson_examples(db, lid)  # the check question's pair is gone with its stray correction
+    trained = {m["content"]: m["train"] for m in conversation["messages"] if m["role"] == "assistant"}
+    assert trained == {"About 2,300 people live in Vellmoor. How many people live there?": True, stray: False}

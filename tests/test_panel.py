@@ -25,6 +25,8 @@ SOURCE = (
 )
 
 
+GATE = "The gate code of Vellmoor is 4471: travellers say it to the warden at dusk."
+FERRY = "Ada Quill runs the ferry across the Vell river from the north pier."
 STUDENT_LINE = "What does that mean for me?"
 STUDENT_QUESTION = "Who may cross at dusk?"  # a grounded section's question round: the student's own question
 
@@ -34,9 +36,11 @@ def teacher(name: str):
     student's question is in the prompt, so it does not depend on the prompts' wording."""
 
     def reply(messages):
+        # a line of the section's notes: these teachers stick to their notes (a straying turn isn't trained on)
+        fact = FERRY if any("ferry" in m["content"] for m in messages) else GATE
         if any(STUDENT_LINE in m["content"] or STUDENT_QUESTION in m["content"] for m in messages):
-            return f"{name} answers: it means you may cross at dusk."
-        return f"{name} explains the point, then asks whether it is clear."
+            return f"{name} answers: {fact}"
+        return f"{name} explains: {fact} Is that clear?"
 
     return ScriptedBackend(name, reply)
 

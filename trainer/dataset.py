@@ -6,8 +6,9 @@ Each syllabus section becomes one conversation:
     user:      the student's reply or question
     assistant: the teacher's correction                     (trained on)
 The source document is never in the prompt, so the knowledge has to move into the weights.
-A teacher turn with a net negative score, or from a model whose outputs may not be trained
-on, stays in the conversation as context but carries `train: false`.
+A teacher turn with a net negative score, from a model whose outputs may not be trained on,
+or (grounded) that strays from its notes, stays in the conversation as context but carries
+`train: false`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from lessons import panel, prompts
+from lessons.guards import MIN_SUPPORT, notes_support
 from storage import lessons as q
 from storage import votes as v
 
@@ -50,11 +52,12 @@ def lesson_examples(
     if lesson is None:
         return []
     blocked = set(no_train_teachers)
-    excluded = v.excluded_turn_ids(db, lesson_id)
+    sections = _sections(db, lesson_id)
+    excluded = v.excluded_turn_ids(db, lesson_id) | _straying_turn_ids(lesson, sections)
     titles = [s.get("title", "") for s in lesson["syllabus"]]
     ballots = v.ballot_counts(db, lesson_id)
     examples = []
-    for section, turns in _sections(db, lesson_id):
+    for section, turns in sections:
         answers = [t for t in turns if t["kind"] == panel.PANEL]
         if answers:
             best = panel.winner([t["id"] for t in answers], ballots)
@@ -68,6 +71,22 @@ def lesson_examples(
         for i, qa in enumerate(question_examples(turns, student_name, excluded, blocked)):
             examples.append({"id": f"lesson{lesson_id}-s{section}-qa{i or ''}", "lesson_id": lesson_id, "messages": qa})
     return examples
+
+
+def _straying_turn_ids(lesson: dict[str, Any], sections: list[tuple[int, list[dict[str, Any]]]]) -> set[int]:
+    """A grounded lesson's teacher turns that kept too little to their notes (`guards.notes_support`).
+
+    The engine retries such a turn, but keeps the best attempt when none is good enough; that
+    turn stays in the lesson as context and is not trained on, like a turn members voted down.
+    """
+    notes = [s.get("text") or "" for s in lesson["syllabus"]]
+    return {
+        t["id"]
+        for section, turns in sections
+        if 0 <= section < len(notes) and notes[section]
+        for t in turns
+        if t["role"] == "teacher" and notes_support(t["content"], f"{lesson['topic']}\n{notes[section]}") < MIN_SUPPORT
+    }
 
 
 _VERDICT = re.compile(r"^(?:(?:yes|no|correct|incorrect|right|wrong|exactly|not quite|almost|great|good|well done|"
