@@ -34,7 +34,8 @@ async def answer(
     poster, _ = await personas.poster(destination, student)
     reply = StreamedReply(poster, app.settings.discord.stream_edit_interval)
     text = ""
-    stream = app.models.get(student).stream(messages, app.models.params(student), Usage())
+    backend = await app.models.backend(student)  # syncs the active adapter (or fine-tuned model) first
+    stream = backend.stream(messages, app.models.params(student), Usage())
     try:
         async for delta in stream:
             text += delta
