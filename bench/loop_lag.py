@@ -3,9 +3,12 @@
 A probe sleeps 10 ms at a time on the event loop and records how late each wake-up is, while
 on the same loop: one lesson turn streams, N /ask-sized requests are in flight (all on the
 bundled SmolLM2 through the batching host the bot uses) and 100 vote clicks are written through
-the real AsyncStore. Prints p50/p99/max lag in ms. (Not included yet: a concurrent training job.)
+the real AsyncStore, and a training job runs as the nightly job runs it: `python -m trainer` in a
+subprocess whose JSON progress lines the loop reads (`trainer.process.run_module`), stopped
+when the rest is done. Prints p50/p99/max lag in ms.
 
     .venv/bin/python bench/loop_lag.py --new-tokens 100 --asks 8
+    .venv/bin/python bench/loop_lag.py --no-training      # without the training job
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from backends.local import LocalBackend, LocalModelHost  # noqa: E402
 from settings import BUNDLED_MODEL, ModelSpec  # noqa: E402
 from storage.db import AsyncStore, migrate, open_db  # noqa: E402
 from storage.votes import toggle_vote  # noqa: E402
+from trainer.process import run_module  # noqa: E402
 
 
 async def probe(lags: list[float], stop: asyncio.Event) -> None:
@@ -50,6 +54,19 @@ async def votes(store: AsyncStore, count: int, acks: list[float]) -> None:
         await asyncio.sleep(0.05)
 
 
+def training_job(tmp: Path, model_dir: Path | str) -> Path:
+    """A trainer job on the bundled model with enough steps to outlast the rest of the bench."""
+    rows = [{"messages": [{"role": "user", "content": f"Tell me fact {i} about the water cycle."},
+                          {"role": "assistant", "content": f"Fact {i}: water evaporates, condenses and falls as rain. " * 4}]}
+            for i in range(32)]
+    dataset = tmp / "train.jsonl"
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = tmp / "job.json"
+    job.write_text(json.dumps({"base_model": str(model_dir), "dataset": str(dataset), "output_dir": str(tmp / "adapter"),
+                               "config": {"epochs": 1000, "max_steps": 100000, "batch_tokens": 512, "max_seq_len": 256}}))
+    return job
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     model_dir = resolve_model_dir(BUNDLED_MODEL, REPO / ".cache" / "models")
     host = LocalModelHost(model_dir, device="cpu", max_batch=args.max_batch, batch_window=0.005)
@@ -65,6 +82,16 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         acks: list[float] = []
         stop = asyncio.Event()
         prober = asyncio.create_task(probe(lags, stop))
+        steps: list[dict[str, object]] = []
+        trainer = None
+        if args.training:
+            job = training_job(Path(tmp), model_dir)
+            trainer = asyncio.create_task(run_module("trainer", ["--job", str(job)], steps.append))
+            while not any(e.get("event") == "progress" for e in steps):  # measure once it is really training
+                if trainer.done():
+                    raise SystemExit(f"the training job ended early: {trainer.result().failure_reason()}")
+                await asyncio.sleep(0.1)
+            lags.clear()
 
         async def lesson_turn() -> None:
             async for _ in backend.stream([{"role": "user", "content": "Teach me about the water cycle."}], params):
@@ -76,6 +103,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         wall = time.perf_counter() - started
         stop.set()
         await prober
+        if trainer is not None:
+            trainer.cancel()  # run_module kills the subprocess's process group
+            await asyncio.gather(trainer, return_exceptions=True)
         await asyncio.to_thread(store.close)
     await host.aclose()
     ms = sorted(x * 1000 for x in lags)
@@ -91,6 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "asks": args.asks,
         "new_tokens": args.new_tokens,
         "threads": torch.get_num_threads(),
+        "training_steps_during_run": sum(1 for e in steps if e.get("event") == "progress"),
     }
 
 
@@ -101,6 +132,7 @@ def main() -> None:
     parser.add_argument("--votes", type=int, default=100)
     parser.add_argument("--max-batch", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-training", dest="training", action="store_false", help="leave out the training job")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
