@@ -144,7 +144,7 @@ class TrainingSettings(_Strict):
     batch_tokens: int = Field(1024, ge=64)
     replay_share: float = Field(0.5, ge=0, le=1)
     # the student's own answers to general questions, as a share of the new examples (trainer/anchors.py)
-    anchor_share: float = Field(1.0, ge=0, le=4)
+    anchor_share: float = Field(2.0, ge=0, le=4)
     control_margin: float = Field(0.1, ge=0, le=1)
     keep_adapters: int = Field(5, ge=1)
     seed: int = 0
