@@ -237,4 +237,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX panel_ballots_turn ON panel_ballots(turn_id);
     """,
+    # which process runs a training run (host:pid:start time), so a run whose process died (a killed
+    # `classroom train`) is recognised as interrupted instead of blocking every later run.
+    """
+    ALTER TABLE training_runs ADD COLUMN owner TEXT;
+    """,
 ]

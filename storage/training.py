@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from typing import Any
 
 from sqlite_utils import Database
@@ -13,17 +15,54 @@ RUN_FINAL = ("promoted", "rejected", "skipped", "failed", "interrupted")
 
 
 def start_run(db: Database, student: str, trigger: str) -> int:
-    """Record a training run as running; return its id."""
+    """Record a training run as running, owned by this process; return its id."""
     cur = db.execute(
-        "INSERT INTO training_runs (student, status, trigger, started_at) VALUES (?, 'running', ?, ?)",
-        [student, trigger, now()],
+        "INSERT INTO training_runs (student, status, trigger, started_at, owner) VALUES (?, 'running', ?, ?, ?)",
+        [student, trigger, now(), process_tag()],
     )
     return int(cur.lastrowid)
 
 
 def running_run(db: Database, student: str) -> dict[str, Any] | None:
-    """The student's run in progress, if any."""
-    return fetch_one(db, "SELECT * FROM training_runs WHERE student = ? AND status = 'running'", [student])
+    """The student's run in progress, if any. A run whose process is gone (killed) is marked
+    interrupted on the way, so it does not block the next run forever."""
+    run = fetch_one(db, "SELECT * FROM training_runs WHERE student = ? AND status = 'running'", [student])
+    if run is not None and owner_alive(run.get("owner")) is False:
+        finish_run(db, run["id"], "interrupted", reason=f"the process running it ({run['owner']}) ended before it finished")
+        return None
+    return run
+
+
+def process_tag(pid: int | None = None) -> str:
+    """This machine, a process id and the process's start time: names one process, even after pid reuse."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """Whether the process named by a `process_tag` is still running; None when this machine can't tell
+    (another host, or a run recorded before owners were)."""
+    if not owner or owner.count(":") < 2:
+        return None
+    host, pid, started = owner.rsplit(":", 2)
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return _start_time(int(pid)) == started
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), or '' where /proc can't tell."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def finish_run(db: Database, run_id: int, status: str, **fields: Any) -> None:
@@ -51,10 +90,12 @@ def list_runs(db: Database, student: str | None = None, limit: int = 20) -> list
 
 
 def mark_running_runs_interrupted(db: Database) -> list[int]:
-    """At start-up: runs still marked running died with the process that ran them."""
-    ids = [r[0] for r in db.execute("SELECT id FROM training_runs WHERE status = 'running'").fetchall()]
+    """At the bot's start-up: runs still marked running whose process is gone (or can't be checked)
+    died with it. A run a live `classroom train` is doing right now is left alone."""
+    rows = db.execute("SELECT id, owner FROM training_runs WHERE status = 'running'").fetchall()
+    ids = [run_id for run_id, owner in rows if not owner_alive(owner)]
     for run_id in ids:
-        finish_run(db, run_id, "interrupted", reason="the bot stopped while this run was in progress")
+        finish_run(db, run_id, "interrupted", reason="the process running it stopped before it finished")
     return ids
 
 

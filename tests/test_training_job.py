@@ -159,10 +159,34 @@ async def test_promoted_adapter_is_used_by_the_next_request_and_rollback_restore
     assert await (await app.models.backend("kid")).chat(prompt, params) == changed
 
 
-async def test_running_runs_are_marked_interrupted_at_startup(app):
-    run_id = await app.store.call(tq.start_run, "kid", "test")
-    assert await app.store.call(tq.mark_running_runs_interrupted) == [run_id]
-    assert (await app.store.call(tq.get_run, run_id))["status"] == "interrupted"
+def dead_process_tag() -> str:
+    """The owner tag of a process that has ended, as a killed `classroom train` leaves behind."""
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "5"])
+    tag = tq.process_tag(proc.pid)
+    proc.kill()
+    proc.wait()
+    return tag
+
+
+async def test_runs_whose_process_died_are_marked_interrupted_at_startup_and_live_ones_kept(app):
+    dead = await app.store.call(tq.start_run, "kid", "test")
+    await app.store.call(lambda db: db.execute("UPDATE training_runs SET owner = ? WHERE id = ?", [dead_process_tag(), dead]))
+    live = await app.store.call(tq.start_run, "prof", "test")  # this process: a CLI run going on beside the bot
+    assert await app.store.call(tq.mark_running_runs_interrupted) == [dead]
+    assert (await app.store.call(tq.get_run, dead))["status"] == "interrupted"
+    assert (await app.store.call(tq.get_run, live))["status"] == "running"
+
+
+async def test_a_run_left_running_by_a_killed_process_does_not_block_the_next_one(app):
+    stale = await app.store.call(tq.start_run, "kid", "cli")
+    await app.store.call(lambda db: db.execute("UPDATE training_runs SET owner = ? WHERE id = ?", [dead_process_tag(), stale]))
+    assert await app.store.call(tq.running_run, "kid") is None
+    run = await app.store.call(tq.get_run, stale)
+    assert run["status"] == "interrupted" and "ended before it finished" in run["reason"]
+    result = await job.train_student(app, "kid")  # nothing approved: skipped for that reason, not "in progress"
+    assert result.status == "skipped" and "no newly approved" in result.reason
 
 
 async def test_mask_flags_follow_votes_and_train_on_outputs(app):
