@@ -3,7 +3,7 @@
 One command, offline, on the bundled models (SmolLM2-135M as grounded teacher and as student):
 
     .venv/bin/python bench/distill/run.py            # every pack, writes the table into bench/README.md
-    .venv/bin/python bench/distill/run.py --quick    # CI-sized: one pack's first 2 sections, 6 questions
+    .venv/bin/python bench/distill/run.py --quick    # CI-sized: one pack's first 2 sections, 6 questions, quick.toml
 
 Every step is a `classroom` command run in a fresh CLASSROOM_HOME, exactly as a user would:
   1. quiz the base student on each pack's paraphrased questions (no notes)   -> "base"
@@ -225,7 +225,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions of each pack")
     parser.add_argument("--sections", type=int, default=None, help="teach only the first N sections of each pack")
     parser.add_argument("--quick", action="store_true",
-                        help="CI-sized: one pack's first 2 sections, its first 6 questions, no ceiling or control quizzes")
+                        help="CI-sized: one pack's first 2 sections, its first 6 questions, no ceiling or control quizzes, "
+                        "training sized to that (quick.toml)")
     parser.add_argument("--home", type=Path, default=None, help="data home to use (default: a fresh temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
     parser.add_argument("--write-readme", action="store_true", help="put the table into bench/README.md")
@@ -237,9 +238,10 @@ def main() -> None:
     packs = [Pack.load(n) for n in names]
     limit = args.questions or (6 if args.quick else None)
     sections = args.sections or (2 if args.quick else None)
+    config = args.config or (HERE / "quick.toml" if args.quick else None)
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         home = args.home or Path(tmp)
-        result = bench(packs, args.lessons, limit, home, args.verbose, args.config, sections, args.quick)
+        result = bench(packs, args.lessons, limit, home, args.verbose, config, sections, args.quick)
     text = table(result)
     print(text)
     if args.json:
