@@ -44,10 +44,9 @@ from trainer.job import (
     TrainResult,
     _record_inputs,
     _teacher_shares,
+    decide,
     ensure_quiz_items,
-    gate,
     heldout_items,
-    sync_student,
 )
 
 log = logging.getLogger(__name__)
@@ -136,16 +135,7 @@ async def _gate(app: AppContext, student: str, spec: ModelSpec, candidate: dict[
     await asyncio.to_thread(_write, run_dir / "eval_results.json", json.dumps(results, indent=2).encode())
     result.before = {k: results["before"][k] for k in ("topic", "control")}
     result.after = {k: results["after"][k] for k in ("topic", "control")}
-    promote, why = gate(result.before, result.after, app.settings.training.control_margin)
-    result.reason = why
-    if promote:
-        await app.store.call(tq.set_adapter_status, candidate["id"], "candidate", {"eval": result.after})
-        await app.store.call(tq.activate_adapter, candidate["id"])
-        await sync_student(app, student)
-        result.status = "promoted"
-    else:
-        await app.store.call(tq.set_adapter_status, candidate["id"], "rejected", {"eval": result.after})
-        result.status = "rejected"
+    await decide(app, student, candidate, result)
     return result
 
 

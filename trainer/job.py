@@ -188,20 +188,24 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
         result.reason = "evaluation failed; kept the current adapter"
         return result
     result.before, result.after = scores["before"], scores["after"]
-    promote, why = gate(scores["before"], scores["after"], cfg.control_margin)
-    verdict = {"before": result.before, "after": result.after, "promoted": promote, "reason": why}
+    promote = await decide(app, student, candidate, result)
+    verdict = {"before": result.before, "after": result.after, "promoted": promote, "reason": result.reason}
     await asyncio.to_thread((out_dir / "evaluation.json").write_text, json.dumps(verdict, indent=2))
-    result.reason = why
-    if promote:
-        await app.store.call(tq.set_adapter_status, candidate["id"], "candidate", {"eval": result.after})
-        await app.store.call(tq.activate_adapter, candidate["id"])
-        await sync_student(app, student)
-        result.status = "promoted"
-    else:
-        await app.store.call(tq.set_adapter_status, candidate["id"], "rejected", {"eval": result.after})
-        result.status = "rejected"
     await app.store.call(prune_adapters, student, cfg.keep_adapters)
     return result
+
+
+async def decide(app: AppContext, student: str, candidate: dict[str, Any], result: TrainResult) -> bool:
+    """The gate on `result.before`/`after`: activate the candidate (and make the live student use it)
+    or reject it. Sets the result's status and reason; True when promoted."""
+    promote, result.reason = gate(result.before or {}, result.after or {}, app.settings.training.control_margin)
+    status = "candidate" if promote else "rejected"
+    await app.store.call(tq.set_adapter_status, candidate["id"], status, {"eval": result.after})
+    if promote:
+        await app.store.call(tq.activate_adapter, candidate["id"])
+        await sync_student(app, student)
+    result.status = "promoted" if promote else "rejected"
+    return promote
 
 
 def _write_run_files(run_dir: Path, rows: list[dict[str, Any]], job: dict[str, Any]) -> None:
