@@ -35,17 +35,17 @@ from quiz import items as quiz_items
 from quiz.answering import answer_question
 from quiz.grading import grade_reference
 from settings import FineTune, ModelSpec
-from storage import quiz as quiz_store
 from storage import training as tq
-from storage import votes as v
 from trainer import dataset
 from trainer.job import (
+    NOTHING_NEW,
     Progress,
     TrainResult,
     _record_inputs,
     _teacher_shares,
     decide,
     ensure_quiz_items,
+    gather_material,
     heldout_items,
 )
 
@@ -65,17 +65,11 @@ async def run(app: AppContext, student: str, run_id: int, progress: Progress) ->
     """One run for an API student, called by `job.train_student` (which holds the lock and records the run)."""
     spec = app.models.spec(student)
     ft = spec.fine_tune or FineTune()
-    approved = await app.store.call(v.approved_lessons, student=student)
-    seen = await app.store.call(tq.trained_lesson_ids, student)
-    new = [lesson for lesson in approved if lesson["id"] not in seen]
-    blocked = [n for n, s in app.settings.models.items() if s.train_on_outputs is False]
-    corrections = await app.store.call(quiz_store.approved_corrections, student, no_train_teachers=blocked)
-    seen_corrections = await app.store.call(tq.trained_correction_ids, student)
-    new_corrections = [c for c in corrections if c["correction_id"] not in seen_corrections]
-    if not new and not new_corrections:
-        return TrainResult(run_id, student, "skipped", reason="no newly approved lessons or corrections since the last run")
-    await progress({"event": "stage", "stage": "dataset",
-                    "message": f"{len(new)} new approved lessons, {len(new_corrections)} new corrections"})
+    material = await gather_material(app, student, progress)
+    if material is None:
+        return TrainResult(run_id, student, "skipped", reason=NOTHING_NEW)
+    approved, blocked, corrections = material.approved, material.blocked, material.corrections
+    new, new_corrections = material.new, material.new_corrections
     examples: list[dict[str, Any]] = []
     for lesson in approved:
         examples += await app.store.call(dataset.lesson_examples, lesson["id"], student_name=spec.display_name,

@@ -99,20 +99,54 @@ async def train_student(app: AppContext, student: str, trigger: str = "manual",
         return result
 
 
+@dataclass
+class Material:
+    """What a student's run can train on: approved lessons and approved quiz corrections, and which are new."""
+
+    approved: list[dict[str, Any]]
+    seen: set[int]  # lesson ids an earlier finished run trained on
+    corrections: list[dict[str, Any]]
+    seen_corrections: set[int]
+    blocked: list[str]  # models whose outputs may not be trained on
+
+    @property
+    def new(self) -> list[dict[str, Any]]:
+        return [lesson for lesson in self.approved if lesson["id"] not in self.seen]
+
+    @property
+    def new_corrections(self) -> list[dict[str, Any]]:
+        return [c for c in self.corrections if c["correction_id"] not in self.seen_corrections]
+
+
+async def gather_material(app: AppContext, student: str, progress: Progress) -> Material | None:
+    """The student's approved material, or None (after no event) when nothing is new since its last run."""
+    blocked = [n for n, s in app.settings.models.items() if s.train_on_outputs is False]
+    material = Material(
+        approved=await app.store.call(v.approved_lessons, student=student),
+        seen=await app.store.call(tq.trained_lesson_ids, student),
+        # a student's wrong quiz answers, corrected by the teacher and approved by a curator
+        corrections=await app.store.call(quiz_store.approved_corrections, student, no_train_teachers=blocked),
+        seen_corrections=await app.store.call(tq.trained_correction_ids, student),
+        blocked=blocked,
+    )
+    if not material.new and not material.new_corrections:
+        return None
+    await progress({"event": "stage", "stage": "dataset",
+                    "message": f"{len(material.new)} new approved lessons, {len(material.new_corrections)} new corrections"})
+    return material
+
+
+NOTHING_NEW = "no newly approved lessons or corrections since the last run"
+
+
 async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -> TrainResult:
     settings = app.settings
-    approved = await app.store.call(v.approved_lessons, student=student)
-    seen = await app.store.call(tq.trained_lesson_ids, student)
-    new = [lesson for lesson in approved if lesson["id"] not in seen]
-    blocked = [n for n, s in settings.models.items() if s.train_on_outputs is False]
-    # a student's wrong quiz answers, corrected by the teacher and approved by a curator
-    corrections = await app.store.call(quiz_store.approved_corrections, student, no_train_teachers=blocked)
-    seen_corrections = await app.store.call(tq.trained_correction_ids, student)
-    new_corrections = [c for c in corrections if c["correction_id"] not in seen_corrections]
-    if not new and not new_corrections:
-        return TrainResult(run_id, student, "skipped", reason="no newly approved lessons or corrections since the last run")
-    await progress({"event": "stage", "stage": "dataset",
-                    "message": f"{len(new)} new approved lessons, {len(new_corrections)} new corrections"})
+    material = await gather_material(app, student, progress)
+    if material is None:
+        return TrainResult(run_id, student, "skipped", reason=NOTHING_NEW)
+    approved, seen, blocked = material.approved, material.seen, material.blocked
+    new, corrections, seen_corrections = material.new, material.corrections, material.seen_corrections
+    new_corrections = material.new_corrections
     name = app.models.spec(student).display_name
 
     async def examples_of(lessons: list[dict[str, Any]]) -> list[dict[str, Any]]:
