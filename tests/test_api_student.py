@@ -18,6 +18,7 @@ from storage import lessons as lq
 from storage import training as tq
 from storage import votes as v
 from tests.scripted import ScriptedBackend
+from tests.test_training_job import approved_lesson  # the same approved one-section lesson
 from trainer import job
 
 FACT = "The gate code of Vellmoor is 4471."
@@ -55,17 +56,6 @@ async def app(tmp_path, fake_openai):
                              backends={"prof": ScriptedBackend("prof", quiz_writer)})
     async with open_app(settings, models=registry) as ctx:
         yield ctx
-
-
-async def approved_lesson(app) -> int:
-    lid = await app.store.call(lq.create_lesson, topic="Vellmoor", teachers=["prof"], students=["kid"], max_turns=3)
-    await app.store.call(lq.set_syllabus, lid, [{"title": "The gate", "text": FACT}])
-    for role, speaker, content in (("teacher", "prof", FACT + " What is the code?"), ("student", "kid", "Is it 4471?"),
-                                   ("teacher", "prof", "Yes. " + FACT)):
-        await app.store.call(lq.add_turn, lesson_id=lid, speaker=speaker, role=role, content=content, section=0)
-    await app.store.call(lq.finish_lesson, lid, "finished")
-    await app.store.call(v.record_decision, lid, "curator", "approve")
-    return lid
 
 
 async def model_asked(app, server) -> str:
