@@ -314,15 +314,14 @@ async def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
     student = args.student or settings.default_student
     async with open_app(settings) as app:
         rows = await app.store.call(tq.adapters, student)
-        shares = {r["id"]: r.get("sources") for r in await app.store.call(tq.list_runs, student, 1000)}
+        shares = await app.store.call(tq.teacher_shares, student)
     if not rows:
         print(f"{student} has no adapters yet; it speaks with its base weights")
     for a in rows:
         ev = (a["metrics"] or {}).get("eval") or {}
-        taught = shares.get(a["run_id"]) or {}
-        by = "  taught by " + ", ".join(f"{t} {s:.0%}" for t, s in taught.items()) if taught else ""
+        by = tq.taught_by(shares.get(a["run_id"]))
         print(f"v{a['version']:<3} {a['status']:<9} topic {_fmt(ev, 'topic')} control {_fmt(ev, 'control')}  "
-              f"{a['created_at'][:16]}{by}")
+              f"{a['created_at'][:16]}" + (f"  {by}" if by else ""))
     return 0
 
 

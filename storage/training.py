@@ -191,6 +191,24 @@ def set_adapter_status(db: Database, adapter_id: int, status: str, metrics: dict
         db.execute("UPDATE adapters SET status = ? WHERE id = ?", [status, adapter_id])
 
 
+def teacher_shares(db: Database, student: str) -> dict[int, dict[str, float]]:
+    """Per run id of the student: which teachers' turns it trained on, as shares (runs that recorded them)."""
+    rows = db.execute("SELECT id, sources FROM training_runs WHERE student = ? AND sources IS NOT NULL",
+                      [student]).fetchall()
+    return {int(run_id): json.loads(raw) for run_id, raw in rows}
+
+
+def taught_by(shares: dict[str, float] | None) -> str:
+    """'taught by smol 80%, gpt 20%' (largest share first), or '' when no shares were recorded.
+
+    The one wording of an adapter's provenance, for the CLI and Discord alike.
+    """
+    if not shares:
+        return ""
+    ordered = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "taught by " + ", ".join(f"{teacher} {share:.0%}" for teacher, share in ordered)
+
+
 def _decode_run(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is not None:
         for key in ("before", "after", "lesson_ids", "correction_ids", "sources"):

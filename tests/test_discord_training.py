@@ -173,11 +173,14 @@ async def test_versions_show_the_lineage_and_a_curator_rolls_back_with_clear_ref
     await allow(classroom, "student", classroom.carol)
     with classroom.db() as db:
         ids = []
+        taught = {1: {"old_sage": 0.2, "prof": 0.8}, 2: {"prof": 1.0}}  # as the job records them per run
         for version, topic in ((1, 0.5), (2, 0.75), (3, 0.25), (4, 0.6)):
             path = tmp_path / f"v{version}"
             path.mkdir()
             parent = ids[-1] if ids else None
-            row = tq.add_adapter(db, student="kid", path=str(path), run_id=None, parent_id=parent, data_hash=None,
+            run_id = tq.start_run(db, "kid", "manual")
+            tq.finish_run(db, run_id, "promoted", **({"sources": taught[version]} if version in taught else {}))
+            row = tq.add_adapter(db, student="kid", path=str(path), run_id=run_id, parent_id=parent, data_hash=None,
                                  metrics={"eval": {"topic": topic, "control": 0.8}})
             ids.append(row["id"])
         tq.activate_adapter(db, ids[0])
@@ -190,6 +193,9 @@ async def test_versions_show_the_lineage_and_a_curator_rolls_back_with_clear_ref
     assert lines[0].startswith("`v1` ⚪ **retired** · held-out 50% · control 80% · from base")
     assert lines[1].startswith("`v2` 🟢 **active** · held-out 75% · control 80% · from v1")
     assert lines[2].startswith("`v3` ⛔ **rejected**") and lines[3].startswith("`v4` 🗑️ **deleted**")
+    # provenance, worded as `classroom versions` words it: largest share first, a name's _ kept literal
+    assert lines[0].endswith(" · taught by prof 80%, old\\_sage 20%") and lines[1].endswith(" · taught by prof 100%")
+    assert "taught by" not in lines[2]
 
     async def rollback(version: str) -> str:
         return reply_to(await classroom.carol.slash(classroom.channel, "student rollback", version=version)).content

@@ -165,7 +165,8 @@ class TrainingCog(commands.Cog):
         if not adapters:
             await _tell(interaction, f"**{title}**\nNone yet: it speaks with its base weights.")
             return
-        embed = discord.Embed(title=shorten(title, 256), description=report.fit(report.lineage_text(adapters)))
+        shares = await self.app.store.call(tq.teacher_shares, name)
+        embed = discord.Embed(title=shorten(title, 256), description=report.fit(report.lineage_text(adapters, shares)))
         embed.set_footer(text="/student rollback switches the live adapter (curators).")
         await interaction.followup.send(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 

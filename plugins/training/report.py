@@ -15,6 +15,7 @@ import discord
 
 from plugins.common.text import shorten
 from quiz.report import score_chart, score_rows
+from storage.training import taught_by
 from trainer.job import TrainResult
 
 RUN_ICONS = {
@@ -111,26 +112,33 @@ def run_line(run: dict[str, Any]) -> str:
     return line
 
 
-def adapter_line(adapter: dict[str, Any], versions: dict[int, int]) -> str:
-    """One adapter in /student versions: version, status, scores, parent, date."""
+def adapter_line(adapter: dict[str, Any], versions: dict[int, int], shares: dict[str, float] | None = None) -> str:
+    """One adapter in /student versions: version, status, scores, parent, date, and which teachers taught it."""
     ev = (adapter.get("metrics") or {}).get("eval") or {}
     parent = versions.get(adapter["parent_id"]) if adapter.get("parent_id") else None
     icon = ADAPTER_ICONS.get(adapter["status"], "•")
-    return (
+    line = (
         f"`v{adapter['version']}` {icon} **{adapter['status']}** · held-out {pct(ev.get('topic'))} · "
         f"control {pct(ev.get('control'))} · from {'v' + str(parent) if parent else 'base'} · "
         f"{when(adapter['created_at'], 'd')}"
     )
+    taught = taught_by(shares)
+    # config names, but an underscore in one must not turn the rest of the line italic
+    return f"{line} · {discord.utils.escape_markdown(shorten(taught, 200))}" if taught else line
 
 
-def lineage_text(adapters: list[dict[str, Any]], limit: int = 20) -> str:
-    """A student's adapters, oldest first (the newest `limit`), and whether it speaks with its base weights."""
+def lineage_text(adapters: list[dict[str, Any]], shares: dict[int, dict[str, float]] | None = None,
+                 limit: int = 20) -> str:
+    """A student's adapters, oldest first (the newest `limit`), and whether it speaks with its base weights.
+
+    `shares` are the teachers' shares per training run (storage.training.teacher_shares).
+    """
     versions = {a["id"]: a["version"] for a in adapters}
     shown = adapters[-limit:]
     lines = []
     if len(adapters) > len(shown):
         lines.append(f"… {len(adapters) - len(shown)} older versions not shown")
-    lines += [adapter_line(a, versions) for a in shown]
+    lines += [adapter_line(a, versions, (shares or {}).get(a["run_id"])) for a in shown]
     if not any(a["status"] == "active" for a in adapters):
         lines.append("🟢 **base weights** are live: no adapter is active.")
     return "\n".join(lines)
