@@ -10,10 +10,13 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli import CliError
 from settings import Settings
+
+if TYPE_CHECKING:
+    from quiz.report_card import ReportCard
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "student taught from it can aim for); without it, no notes, exactly as /ask")
     s.add_argument("--json", action="store_true", help="print a JSON summary last")
     s = sub.add_parser("report", help="report cards: held-out scores per topic and per adapter version")
-    s.add_argument("--student", default=None, help="only this student (default: every trainable student)")
+    s.add_argument("--student", action="append", default=[],
+                   help="only this student; repeat to compare students on one table (default: every trainable "
+                   "student, a card each)")
     s.add_argument("--chart", default=None, metavar="FILE.png", help="also write the score chart as a PNG")
 
 
@@ -87,30 +92,52 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
-    """Print each student's report card; with --chart, write its score chart too."""
+    """Print each student's report card, or with several --student one table comparing them; --chart writes the chart."""
     from app import open_app
-    from quiz.report import score_chart
     from quiz.report_card import read_card
 
-    students = [args.student] if args.student else [s.name for s in settings.students()] or [settings.default_student]
+    named = list(dict.fromkeys(args.student))  # a name given twice is compared once
+    students = named or [s.name for s in settings.students()] or [settings.default_student]
     async with open_app(settings) as app:
         for name in students:
             app.models.spec(name)  # an unknown name is one clear error line
         cards = [await read_card(app, name) for name in students]
+    if len(named) > 1:
+        await _print_comparison(cards, args.chart)
+        return 0
+    await _print_cards(cards, args.chart)
+    return 0
+
+
+async def _print_comparison(cards: list[ReportCard], chart: str | None) -> None:
+    from quiz import compare
+
+    print(compare.compare_text(cards))
+    if chart:
+        png = await asyncio.to_thread(compare.chart_png, cards)
+        await _write_chart(Path(chart), png)
+        print(f"chart: {chart}", file=sys.stderr)
+
+
+async def _print_cards(cards: list[ReportCard], chart: str | None) -> None:
+    from quiz.report import score_chart
+
     charts: list[str] = []
     for i, card in enumerate(cards):
         print(("\n" if i else "") + card.text)
-        if args.chart:
-            path = _chart_path(Path(args.chart), card.student, several=len(cards) > 1)
-            png = await asyncio.to_thread(score_chart, card.display_name, card.rows)
-            try:
-                await asyncio.to_thread(_write_bytes, path, png)
-            except OSError as e:
-                raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+        if chart:
+            path = _chart_path(Path(chart), card.student, several=len(cards) > 1)
+            await _write_chart(path, await asyncio.to_thread(score_chart, card.display_name, card.rows))
             charts.append(str(path))
     for written in charts:
         print(f"chart: {written}", file=sys.stderr)
-    return 0
+
+
+async def _write_chart(path: Path, png: bytes) -> None:
+    try:
+        await asyncio.to_thread(_write_bytes, path, png)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _chart_path(path: Path, student: str, *, several: bool) -> Path:

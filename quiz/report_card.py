@@ -133,10 +133,11 @@ def topic_table(cols: list[Column]) -> str:
 
 def _row(name: str, cells: list[tuple[int, int] | None]) -> str:
     name = name if len(name) <= TOPIC_WIDTH - 1 else name[: TOPIC_WIDTH - 2] + "…"
-    return f"{name:<{TOPIC_WIDTH}}" + "".join(f"{_cell(c):>10}" for c in cells)
+    return f"{name:<{TOPIC_WIDTH}}" + "".join(f"{cell_text(c):>10}" for c in cells)
 
 
-def _cell(cell: tuple[int, int] | None) -> str:
+def cell_text(cell: tuple[int, int] | None) -> str:
+    """(3, 4) → '3/4 75%'; – when nothing was asked."""
     if cell is None or not cell[1]:
         return "–"
     correct, total = cell
