@@ -1,4 +1,5 @@
-"""Report cards compare students: one table and one chart, in the CLI and in /student report.
+"""Report cards compare students: one table and one chart, in the CLI and in /student report; and
+`classroom versions` says which teachers taught each adapter.
 
 Two trainable students of one class have trained on the same lessons and scored differently;
 their runs, adapters and quiz items are recorded through the storage functions the training
@@ -11,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 
 from app import open_app
 from backends.registry import ModelRegistry
+from cli.commands import cmd_versions
 from quiz import compare
 from quiz.report_card import read_card
 from settings import Settings
@@ -48,12 +51,13 @@ def seed_class(db: Any, home: Path) -> None:
         store_items(db, lesson, topic, [{"question": q, "answer": "a"} for q in items])
     kid = train(db, home, "kid", None, {1: False, 2: False, 3: False}, {1: True, 2: True, 3: False}, promote=True)
     assert kid["version"] == 1
-    kat = train(db, home, "kat", None, {1: True, 2: False, 3: False}, {1: True, 2: False, 3: True}, promote=True)
+    kat = train(db, home, "kat", None, {1: True, 2: False, 3: False}, {1: True, 2: False, 3: True}, promote=True,
+                sources={"prof": 0.25, "sage": 0.75})
     train(db, home, "kat", kat, {1: True, 2: False, 3: True}, {1: False, 2: False, 3: False}, promote=False)
 
 
 def train(db: Any, home: Path, student: str, parent: dict[str, Any] | None, before: dict[int, bool],
-          after: dict[int, bool], *, promote: bool) -> dict[str, Any]:
+          after: dict[int, bool], *, promote: bool, sources: dict[str, float] | None = None) -> dict[str, Any]:
     """One training run as the job records it: run, candidate adapter, gate verdict, evaluation file."""
     run_id = tq.start_run(db, student, "manual")
     results = {"before": graded(before), "after": graded(after)}
@@ -61,7 +65,7 @@ def train(db: Any, home: Path, student: str, parent: dict[str, Any] | None, befo
     adapter = tq.add_adapter(db, student=student, path=str(home / "adapters" / student / str(run_id)), run_id=run_id,
                              parent_id=parent["id"] if parent else None, data_hash="h", metrics={"eval": scores["after"]})
     tq.finish_run(db, run_id, "promoted" if promote else "rejected", before=scores["before"], after=scores["after"],
-                  sources={"prof": 1.0})
+                  sources=sources or {"prof": 1.0})
     if promote:
         tq.activate_adapter(db, adapter["id"])
     else:
@@ -87,8 +91,7 @@ def table_rows(text: str) -> dict[str, list[str]]:
 
 async def test_the_table_and_chart_set_each_students_base_and_live_scores_side_by_side(tmp_path):
     settings = class_settings(tmp_path / "home")
-    registry = ModelRegistry(settings.models, cache_dir=settings.cache_dir, backends={})
-    async with open_app(settings, models=registry) as app:
+    async with open_app(settings, models=ModelRegistry(settings.models, cache_dir=settings.cache_dir)) as app:
         await app.store.call(seed_class, settings.home)
         cards = [await read_card(app, "kid"), await read_card(app, "kat")]
 
@@ -134,6 +137,18 @@ def test_classroom_report_with_two_students_prints_one_table_and_writes_one_char
     assert rows["Vellmoor"] == ["1/2", "50%", "1/2", "50%", "0/2", "0%", "2/2", "100%"]
     assert run.stderr.strip() == f"chart: {chart}"
     assert chart.read_bytes().startswith(b"\x89PNG") and list(chart.parent.iterdir()) == [chart]
+
+
+async def test_classroom_versions_says_which_teachers_taught_each_adapter_largest_share_first(tmp_path, capsys):
+    settings = class_settings(tmp_path / "home")
+    async with open_app(settings, models=ModelRegistry(settings.models, cache_dir=settings.cache_dir)) as app:
+        await app.store.call(seed_class, settings.home)
+
+    await cmd_versions(settings, Namespace(student="kat"))
+
+    v1, v2 = capsys.readouterr().out.splitlines()
+    assert v1.startswith("v1   active") and v1.endswith("  taught by sage 75%, prof 25%")
+    assert v2.startswith("v2   rejected") and v2.endswith("  taught by prof 100%")
 
 
 # ---- /student report students:
