@@ -148,6 +148,12 @@ class TrainingSettings(_Strict):
     control_margin: float = Field(0.1, ge=0, le=1)
     keep_adapters: int = Field(5, ge=1)
     seed: int = 0
+    # after SFT, TRL's DPO or KTO on members' chosen/rejected panel answers (trainer/preference.py)
+    preference: Literal["off", "dpo", "kto"] = "off"
+    preference_min_pairs: int = Field(8, ge=1)  # fewer new pairs than this: the step is skipped
+    preference_beta: float = Field(0.1, gt=0)  # how far from the SFT adapter the step may move (higher: less)
+    preference_epochs: float = Field(1.0, gt=0)  # passes over the pairs
+    preference_learning_rate: float = Field(5e-5, gt=0)  # the adapter is already trained: small steps
 
 
 class Settings(_Strict):

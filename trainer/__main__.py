@@ -8,12 +8,16 @@ The job file:
      "init_adapter": null,                  # or an adapter dir to continue training
      "device": null,                        # optional: "cpu", "cuda", "cuda:1"; default CUDA if present
      "config": {"epochs": 3, "learning_rate": 2e-4, ...},   # trainer.loop.TrainConfig fields
+     "preference": null,                    # or {"method": "dpo", "dataset": "<pairs.jsonl>", ...}:
+                                            # trainer.preference.PreferenceConfig, a step after SFT
      "meta": {...}}                         # anything; copied to meta.json in the adapter dir
 
 stdout carries one JSON object per line and nothing else (logs go to stderr):
 
     {"event": "start", "examples": N, "tokens": T, "total_steps": S, ...}
     {"event": "progress", "step", "total_steps", "loss", "tokens_per_s", "eta_s", "epoch"}  (every step)
+    {"event": "stage", "stage": "preference", "message": "..."}   (with a preference step, then
+     its progress events, marked "stage": "preference"; its figures go to metrics["preference"])
     {"event": "done", "adapter_dir": "...", "metrics": {...}}
     {"event": "error", "reason": "..."}      (then exit code 1)
 
@@ -37,11 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from trainer.preference import PreferenceConfig, read_pairs
+from trainer.preference import train as train_preference
+
 log = logging.getLogger("trainer")
 
 Emit = Callable[[dict[str, Any]], None]
 
-JOB_KEYS = {"base_model", "dataset", "output_dir", "init_adapter", "device", "config", "meta"}
+JOB_KEYS = {"base_model", "dataset", "output_dir", "init_adapter", "device", "config", "preference", "meta"}
 
 
 class JobError(Exception):
@@ -63,6 +70,7 @@ class Job:
     init_adapter: str | None = None
     device: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    preference: PreferenceConfig | None = None  # the optional step after SFT
 
 
 def read_job(path: str | Path) -> Job:
@@ -81,10 +89,11 @@ def read_job(path: str | Path) -> Job:
     unknown = sorted(set(raw) - JOB_KEYS)
     if missing or unknown:
         raise JobError(f"job keys missing: {missing or 'none'}; unknown: {unknown or 'none'}")
-    if not isinstance(raw.get("meta") or {}, dict) or not isinstance(raw.get("config") or {}, dict):
-        raise JobError("job config and meta must be objects")
+    if not all(isinstance(raw.get(k) or {}, dict) for k in ("meta", "config", "preference")):
+        raise JobError("job config, preference and meta must be objects")
     try:
         config = TrainConfig.from_dict(raw.get("config") or {})
+        pref = PreferenceConfig.from_dict(raw["preference"]) if raw.get("preference") else None
     except (TypeError, ValueError) as e:
         raise JobError(f"bad config: {e}") from None
     return Job(
@@ -95,6 +104,7 @@ def read_job(path: str | Path) -> Job:
         init_adapter=raw.get("init_adapter") or None,
         device=raw.get("device") or None,
         meta=raw.get("meta") or {},
+        preference=pref,
     )
 
 
@@ -125,6 +135,9 @@ def run(job: Job, emit: Emit) -> dict[str, Any]:
     log.info("device %s, %d threads, allocator tuned: %s", device, loop.use_all_cores(), tuned)
     model = loop.prepare_model(loop.load_base_model(job.base_model, device), job.config, job.init_adapter)
     metrics = loop.train(model, rows, job.config, on_progress=lambda p: emit(_progress_event(p)))
+    after_sft: dict[str, Any] = {}
+    if job.preference is not None:  # TRL is imported in there, so only runs that ask for the step load it
+        after_sft["preference"] = train_preference(model, job.base_model, job.preference, emit, seed=job.config.seed)
 
     summary = {
         **dataclasses.asdict(metrics),
@@ -135,6 +148,7 @@ def run(job: Job, emit: Emit) -> dict[str, Any]:
             "transformers": transformers.__version__,
             "peft": peft.__version__,
         },
+        **after_sft,
     }
     write_adapter_dir(model, job, summary)
     return summary
@@ -150,6 +164,11 @@ def check_paths(job: Job) -> None:
         raise JobError(f"dataset not found: {job.dataset}")
     if job.init_adapter and not Path(job.init_adapter, "adapter_config.json").is_file():
         raise JobError(f"init_adapter is not a PEFT adapter dir: {job.init_adapter}")
+    if job.preference is not None:
+        try:
+            read_pairs(job.preference.dataset)
+        except (OSError, ValueError) as e:
+            raise JobError(f"preference dataset unusable: {e}") from None
 
 
 def prepare_data(job: Job) -> dict[str, Any]:
@@ -203,6 +222,7 @@ def write_adapter_dir(model: Any, job: Job, summary: dict[str, Any]) -> None:
         "init_adapter": job.init_adapter,
         "device": job.device,
         "config": dataclasses.asdict(job.config),
+        "preference": dataclasses.asdict(job.preference) if job.preference else None,
     }
     tmp = job.output_dir.with_name(f"{job.output_dir.name}.tmp-{os.getpid()}")
     try:

@@ -29,7 +29,7 @@ from storage import fetch_all
 from storage import quiz as quiz_store
 from storage import training as tq
 from storage import votes as v
-from trainer import anchors, dataset
+from trainer import anchors, dataset, preference
 from trainer.process import run_module
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,13 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
     run_dir = settings.home / "runs" / str(run_id)
     cfg = settings.training
     init_adapter = active["path"] if active else None
+    # Only the new lessons' pairs: DPO's loss keeps widening the margin of a pair it has already
+    # learnt, so replaying pairs night after night would push the same answers ever further.
+    pairs = [] if cfg.preference == "off" else await app.store.call(
+        preference.lesson_pairs, [lesson["id"] for lesson in new], student_name=name, no_train_teachers=blocked)
+    step = preference.plan(cfg, pairs, run_dir / "preference.jsonl")
+    if step.reason:
+        await progress({"event": "stage", "stage": "preference", "message": f"preference step skipped: {step.reason}"})
     job = {
         "base_model": base_dir,
         "dataset": str(run_dir / "dataset.jsonl"),
@@ -193,10 +200,12 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
         "config": {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r,
                    "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "max_seq_len": cfg.max_seq_len,
                    "batch_tokens": cfg.batch_tokens, "min_steps": cfg.min_steps, "seed": cfg.seed},
+        "preference": step.options,
         "meta": {"student": student, "run_id": run_id, "version": version, "data_hash": data_hash,
                  "lessons": [lesson["id"] for lesson in new], "parent_version": active["version"] if active else None},
     }
-    await asyncio.to_thread(_write_run_files, run_dir, [dataset.for_trainer(ex) for ex in trainable + anchored], job)
+    await asyncio.to_thread(_write_run_files, run_dir, [dataset.for_trainer(ex) for ex in trainable + anchored], job,
+                            step.rows)
     await progress({"event": "stage", "stage": "train",
                     "message": f"training on {len(trainable)} examples and {len(anchored)} anchors"})
     trained = await run_module("trainer", ["--job", str(run_dir / "job.json")], progress)
@@ -207,7 +216,7 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
         result.reason = f"training failed: {trained.failure_reason()}"
         return result
 
-    metrics = trained.last.get("metrics", {})
+    metrics = trained.last.get("metrics", {}) | ({"preference": step.skipped} if step.skipped else {})
     candidate = await app.store.call(
         tq.add_adapter, student=student, path=str(out_dir), run_id=run_id,
         parent_id=active["id"] if active else None, data_hash=data_hash, metrics={"train": metrics}, version=version,
@@ -242,8 +251,9 @@ async def decide(app: AppContext, student: str, candidate: dict[str, Any], resul
     return promote
 
 
-def _write_run_files(run_dir: Path, rows: list[dict[str, Any]], job: dict[str, Any]) -> None:
-    """The run's dataset and job file; a missing parent adapter means starting fresh."""
+def _write_run_files(run_dir: Path, rows: list[dict[str, Any]], job: dict[str, Any],
+                     pairs: list[dict[str, Any]]) -> None:
+    """The run's dataset, preference pairs (if any) and job file; a missing parent adapter means starting fresh."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if job["init_adapter"] and not Path(job["init_adapter"]).is_dir():
         log.warning("active adapter %s is missing on disk; training a fresh adapter", job["init_adapter"])
@@ -251,6 +261,9 @@ def _write_run_files(run_dir: Path, rows: list[dict[str, Any]], job: dict[str, A
     with (run_dir / "dataset.jsonl").open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if pairs:
+        with (run_dir / "preference.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
     (run_dir / "job.json").write_text(json.dumps(job, indent=2), encoding="utf-8")
 
 
