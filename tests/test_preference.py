@@ -1,9 +1,10 @@
 """Preference data: panel ballots and 👍/👎 on alternative answers become chosen/rejected pairs, and
 `classroom export --format dpo` writes them in TRL's conversational preference format.
 
-TRL is not a test dependency, so each line is checked against the format TRL documents for
-preference data ("conversational" form): {"prompt": [messages], "chosen": [one assistant
-message], "rejected": [one assistant message]}, the prompt ending with the user's turn.
+Each line is checked against the format TRL documents for preference data ("conversational"
+form): {"prompt": [messages], "chosen": [one assistant message], "rejected": [one assistant
+message]}, the prompt ending with the user's turn; then TRL itself (a dev dependency, as the
+preference step's trainer) loads the file and renders it with a chat template.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import asyncio
 import json
 from pathlib import Path
 
+from datasets import load_dataset
+from transformers import AutoTokenizer
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+
 from cli.main import main
 from lessons.engine import LessonEngine, LessonRequest
 from storage import AsyncStore, open_db
@@ -19,6 +24,7 @@ from storage import lessons as q
 from storage import votes as v
 from tests.scripted import ScriptedBackend, scripted_registry
 from tests.test_panel import SOURCE, STUDENT_LINE, teacher
+from tests.tiny import build_tiny_model
 
 TEACHERS = ["ann", "bob", "cy"]
 
@@ -98,3 +104,14 @@ def test_ballots_and_votes_export_as_dpo_pairs_trl_reads(tmp_path, capsys):
     assert first["prompt"][2]["content"].startswith("ann explains")
     assert first["prompt"][3]["content"] == STUDENT_LINE
     assert all(str(m) not in out.read_text() for m in ("m1", "m2", "m3"))  # no member ids in the export
+
+    # TRL's own dataset handling reads the file: conversational rows, rendered with the student's template
+    loaded = load_dataset("json", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "tiny", with_eos=True))
+    assert len(loaded) == len(rows)
+    for row, written in zip(loaded, rows, strict=True):
+        assert is_conversational(row)
+        text = maybe_apply_chat_template(row, tokenizer)
+        assert text["prompt"].endswith(f"{STUDENT_LINE}<|im_end|>\n<|im_start|>assistant\n")
+        assert text["chosen"] == written["chosen"][0]["content"] + "<|im_end|>\n"
+        assert text["rejected"] == written["rejected"][0]["content"] + "<|im_end|>\n"
