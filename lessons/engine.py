@@ -1,8 +1,8 @@
 """Running a lesson: plan a syllabus, then teacher and student take turns until it is covered.
 
 The order of turns in a section (explain, reply, correct, and for a grounded lesson a question
-round) is in lessons/steps.py; panels in lessons/panel.py. Several teachers or students rotate
-by section. Every turn is committed the moment it is
+round) is in lessons/steps.py; panels in lessons/panel.py; what makes a reply a usable turn
+(cleaning, guards, retries) in lessons/turn.py. Several teachers or students rotate by section. Every turn is committed the moment it is
 produced, so a crash loses at most the turn in flight, and a lesson can resume from its
 stored turns.
 """
@@ -14,32 +14,14 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from backends.base import BackendError, ChatBackend, GenParams, Message, Usage
+from backends.base import BackendError, Usage
 from backends.registry import ModelRegistry
 from lessons import panel, prompts
-from lessons.events import (
-    LessonEvent,
-    LessonFinished,
-    LessonStarted,
-    Listener,
-    TokenStreamed,
-    TurnFinished,
-    TurnStarted,
-)
-from lessons.guards import (
-    MIN_SUPPORT,
-    clean_reply,
-    copied_phrases,
-    end_at_question,
-    is_echo,
-    key_terms,
-    missing_key_terms,
-    names_other_speaker,
-    notes_support,
-    ungrounded_terms,
-)
+from lessons.errors import LessonError
+from lessons.events import LessonEvent, LessonFinished, LessonStarted, Listener, TurnFinished
 from lessons.steps import Step, next_step
 from lessons.syllabus import Section, sections_from_plan, sections_from_source
+from lessons.turn import Cast, write_turn
 from storage import AsyncStore
 from storage import lessons as q
 
@@ -49,14 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_TOPIC_CHARS = 200
-RETRIES = 2  # re-generations allowed for an empty, role-swapped or echoing reply
-STUDENT_FALLBACK = "Could you explain that once more, with an example?"
-
-
-class LessonError(Exception):
-    """A lesson cannot start or go on; the message is fit to show a member."""
-
-    status = "failed"  # how a running lesson ends when this is raised
 
 
 @dataclass(frozen=True)
@@ -158,7 +132,7 @@ class LessonEngine:
                     return await self._finish(lesson_id, "stopped", "stopped by request", len(done), emit)
                 if self.budget is not None:
                     await self.budget.check(lesson["guild_id"], teachers + students)
-                turn = await self._turn(lesson, step, sections, done, teachers, students, emit, stop)
+                turn = await self._turn(lesson, step, sections, done, Cast(teachers, students), emit, stop)
                 if turn is None:
                     return await self._finish(lesson_id, "stopped", "stopped by request", len(done), emit)
                 done.append(turn)
@@ -203,69 +177,26 @@ class LessonEngine:
         step: Step,
         sections: list[Section],
         done: list[dict[str, Any]],
-        teachers: list[str],
-        students: list[str],
+        cast: Cast,
         emit: Listener,
         stop: asyncio.Event,
     ) -> dict[str, Any] | None:
-        spec = self.models.spec(step.speaker)
-        section = sections[step.section]
-        messages = self._messages(lesson["topic"], step, section, spec.display_name, done)
-        own = [spec.name, spec.display_name, step.role, "assistant"]
-        others = [self.models.spec(n).display_name for n in teachers + students if n != step.speaker]
-        others += [n for n in teachers + students if n != step.speaker]
-        others += ["student" if step.role == "teacher" else "teacher", "user"]
-        recent = panel.recent_turns(step.kind, done)
-        backend = await self.models.backend(step.speaker)
-        params = self.models.params(step.speaker)
-        await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
-        kind = step.kind
-        # A grounded teacher's turn that invents names or numbers, or an explanation that skips most
-        # of its notes' facts, is retried; if every attempt falls short, the one with fewest problems is kept.
-        grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
-        best: tuple[list[str], str, Usage] | None = None
-        confirmation: tuple[str, Usage] | None = None
-        for attempt in range(RETRIES + 1):
-            if attempt:
-                params = replace(params, temperature=max(params.temperature, 0.7), seed=(params.seed or 0) + attempt)
-            usage = Usage()
-            raw = await self._stream(backend, messages, params, usage, lesson["id"], step, others, emit, stop)
-            await self._spent(lesson, step.speaker, usage)
-            if raw is None:
-                return None
-            text = clean_reply(raw, own_labels=own, other_labels=others)
-            if step.kind == "explain":
-                text = end_at_question(text)
-            elif step.kind == "ask":
-                text = prompts.check_question(text) or ""  # only the question, without the student's preamble
-            if text and step.kind in ("correct", "answer") and is_echo(text, recent):
-                confirmation = confirmation or (text, usage)  # restating a right answer is still an answer
-            if not text or is_echo(text, recent):
-                log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
-                continue
-            problems = self._problems(text, step, section, grounding)
-            if best is None or len(problems) < len(best[0]):
-                best = (problems, text, usage)
-            if not problems:
-                break
-            log.info("lesson %s: %s: %s (attempt %d)", lesson["id"], step.speaker, "; ".join(problems), attempt + 1)
-        if best is not None:
-            _, text, usage = best
-        elif confirmation is not None:
-            text, usage = confirmation
-        elif step.role == "teacher":
-            raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
-        elif step.kind == "ask":
-            text = prompts.fallback_question(section)
-        else:
-            text, kind = STUDENT_FALLBACK, "fallback"
+        """Write the step's turn (lessons/turn.py) and commit it; None when stopped mid-turn."""
+
+        async def spent(model: str, usage: Usage) -> None:
+            await self._spent(lesson, model, usage)
+
+        draft = await write_turn(self.models, lesson, step, sections[step.section], done, cast, emit, stop, spent)
+        if draft is None:
+            return None
+        usage = draft.usage
         return await self.store.call(
             q.add_turn,
             lesson_id=lesson["id"],
             speaker=step.speaker,
             role=step.role,
-            content=text,
-            kind=kind,
+            content=draft.text,
+            kind=draft.kind,
             section=step.section,
             prompt_tokens=usage.prompt_tokens or None,
             completion_tokens=usage.completion_tokens or None,
@@ -276,74 +207,6 @@ class LessonEngine:
         """Count a call's tokens against the server's daily budget."""
         if self.budget is not None:
             await self.budget.record(lesson.get("guild_id"), model, usage)
-
-    @staticmethod
-    def _problems(text: str, step: Step, section: Section, grounding: str | None) -> list[str]:
-        """Why a teacher's turn should be tried again: it copied its prompt's wording; grounded, it names
-        names or numbers its notes don't have, or (an explanation) no more than half of the notes' ones."""
-        if step.role != "teacher":
-            return []
-        problems = [f"copied its prompt ({p})" for p in copied_phrases(text, prompts.SCAFFOLD)]
-        if grounding is None:
-            return problems
-        problems += [f"made up {t}" for t in ungrounded_terms(text, grounding)]
-        support = notes_support(text, grounding)
-        if support < MIN_SUPPORT:
-            problems.append(f"strays from its notes (only {support:.0%} of its words are in them)")
-        if step.kind == "explain":
-            keys = key_terms(section.text)
-            missing = missing_key_terms(text, section.text)
-            if keys and len(missing) * 2 >= len(keys):
-                problems += [f"left out {t}" for t in missing]
-        return problems
-
-    def _messages(self, topic: str, step: Step, section: Section, name: str, done: list[dict[str, Any]]) -> list[Message]:
-        if step.kind == "explain":
-            return prompts.explain(name, topic, section)
-        in_section = [t for t in done if t["section"] == step.section]
-        teacher_turn = next((t["content"] for t in in_section if t["role"] == "teacher"), "")
-        if step.kind == "reply":
-            return prompts.student_reply(name, topic, teacher_turn)
-        if step.kind == "ask":
-            return prompts.student_question(name, topic, teacher_turn)
-        if step.kind == "answer":
-            return prompts.answer(name, topic, section, in_section[-1]["content"])
-        student_turn = next((t["content"] for t in in_section if t["role"] == "student"), "")
-        return prompts.correct(name, topic, section, teacher_turn, student_turn)
-
-    async def _stream(
-        self,
-        backend: ChatBackend,
-        messages: list[Message],
-        params: GenParams,
-        usage: Usage,
-        lesson_id: int,
-        step: Step,
-        others: list[str],
-        emit: Listener,
-        stop: asyncio.Event,
-    ) -> str | None:
-        """Stream one reply, emitting tokens; None if stopped mid-turn. Stops early once the model
-        starts writing another participant's lines, which would be cut anyway."""
-        text = ""
-        stream = backend.stream(messages, params, usage)
-        try:
-            async for delta in stream:
-                if stop.is_set():
-                    return None
-                text += delta
-                await emit(TokenStreamed(lesson_id, step.speaker, step.role, text, delta))
-                if "\n" in text and names_other_speaker(text, others):
-                    break
-        finally:
-            await _aclose(stream)
-        return text
-
-
-async def _aclose(stream: object) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()
 
 
 def _safe(listener: Listener | None) -> Listener:

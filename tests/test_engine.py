@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
-from lessons.engine import STUDENT_FALLBACK, LessonEngine, LessonError, LessonRequest, next_step
+from lessons.engine import LessonEngine, LessonError, LessonRequest, next_step
 from lessons.events import LessonFinished, LessonStarted, TokenStreamed, TurnFinished
 from lessons.syllabus import sections_from_plan, sections_from_source
+from lessons.turn import STUDENT_FALLBACK
 from storage import AsyncStore, open_db
 from storage import lessons as q
 from tests.scripted import ScriptedBackend, scripted_registry

@@ -1,0 +1,189 @@
+"""Writing one turn: prompt the speaker, stream its reply, clean it, and retry what the guards reject.
+
+The engine decides whose turn it is and stores what comes back; this module decides what a
+usable turn is. A reply is tried again (up to RETRIES more times, warmer each time) when it is
+empty, echoes the last turns, or, for a teacher, copies its prompt's wording, invents names or
+numbers its notes lack, strays from them, or leaves out most of their facts. If every attempt
+falls short, the attempt with the fewest problems is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from backends.base import ChatBackend, GenParams, Message, Usage
+from backends.registry import ModelRegistry
+from lessons import panel, prompts
+from lessons.errors import LessonError
+from lessons.events import Listener, TokenStreamed, TurnStarted
+from lessons.guards import (
+    MIN_SUPPORT,
+    clean_reply,
+    copied_phrases,
+    end_at_question,
+    is_echo,
+    key_terms,
+    missing_key_terms,
+    names_other_speaker,
+    notes_support,
+    ungrounded_terms,
+)
+from lessons.steps import Step
+from lessons.syllabus import Section
+
+log = logging.getLogger(__name__)
+
+RETRIES = 2  # re-generations allowed for an empty, role-swapped or echoing reply
+STUDENT_FALLBACK = "Could you explain that once more, with an example?"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A turn ready to store: its text, its kind ('fallback' when the student's canned line stood in)
+    and what the call cost."""
+
+    text: str
+    kind: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Who is in the lesson (model names), for telling a speaker's own lines from the others'."""
+
+    teachers: list[str]
+    students: list[str]
+
+
+Spent = Callable[[str, Usage], Awaitable[None]]
+"""Counts a call's tokens against the server's budget (model name, usage)."""
+
+
+async def write_turn(
+    models: ModelRegistry,
+    lesson: dict[str, Any],
+    step: Step,
+    section: Section,
+    done: list[dict[str, Any]],
+    cast: Cast,
+    emit: Listener,
+    stop: asyncio.Event,
+    spent: Spent,
+) -> Draft | None:
+    """The speaker's turn for `step`, or None when the lesson was stopped mid-turn. Raises LessonError
+    when a teacher gives nothing usable; a student falls back to a canned line instead."""
+    spec = models.spec(step.speaker)
+    messages = _messages(lesson["topic"], step, section, spec.display_name, done)
+    own = [spec.name, spec.display_name, step.role, "assistant"]
+    others = [models.spec(n).display_name for n in cast.teachers + cast.students if n != step.speaker]
+    others += [n for n in cast.teachers + cast.students if n != step.speaker]
+    others += ["student" if step.role == "teacher" else "teacher", "user"]
+    recent = panel.recent_turns(step.kind, done)
+    backend = await models.backend(step.speaker)
+    params = models.params(step.speaker)
+    await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
+    grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
+    best: tuple[list[str], str, Usage] | None = None
+    confirmation: tuple[str, Usage] | None = None
+    for attempt in range(RETRIES + 1):
+        if attempt:
+            params = replace(params, temperature=max(params.temperature, 0.7), seed=(params.seed or 0) + attempt)
+        usage = Usage()
+        raw = await _stream(backend, messages, params, usage, lesson["id"], step, others, emit, stop)
+        await spent(step.speaker, usage)
+        if raw is None:
+            return None
+        text = clean_reply(raw, own_labels=own, other_labels=others)
+        if step.kind == "explain":
+            text = end_at_question(text)
+        elif step.kind == "ask":
+            text = prompts.check_question(text) or ""  # only the question, without the student's preamble
+        if text and step.kind in ("correct", "answer") and is_echo(text, recent):
+            confirmation = confirmation or (text, usage)  # restating a right answer is still an answer
+        if not text or is_echo(text, recent):
+            log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
+            continue
+        found = problems(text, step, section, grounding)
+        if best is None or len(found) < len(best[0]):
+            best = (found, text, usage)
+        if not found:
+            break
+        log.info("lesson %s: %s: %s (attempt %d)", lesson["id"], step.speaker, "; ".join(found), attempt + 1)
+    if best is not None:
+        return Draft(best[1], step.kind, best[2])
+    if confirmation is not None:
+        return Draft(confirmation[0], step.kind, confirmation[1])
+    if step.role == "teacher":
+        raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
+    if step.kind == "ask":
+        return Draft(prompts.fallback_question(section), step.kind, Usage())
+    return Draft(STUDENT_FALLBACK, "fallback", Usage())
+
+
+def problems(text: str, step: Step, section: Section, grounding: str | None) -> list[str]:
+    """Why a teacher's turn should be tried again: it copied its prompt's wording; grounded, it names
+    names or numbers its notes don't have, or (an explanation) no more than half of the notes' ones."""
+    if step.role != "teacher":
+        return []
+    found = [f"copied its prompt ({p})" for p in copied_phrases(text, prompts.SCAFFOLD)]
+    if grounding is None:
+        return found
+    found += [f"made up {t}" for t in ungrounded_terms(text, grounding)]
+    support = notes_support(text, grounding)
+    if support < MIN_SUPPORT:
+        found.append(f"strays from its notes (only {support:.0%} of its words are in them)")
+    if step.kind == "explain":
+        keys = key_terms(section.text)
+        missing = missing_key_terms(text, section.text)
+        if keys and len(missing) * 2 >= len(keys):
+            found += [f"left out {t}" for t in missing]
+    return found
+
+
+def _messages(topic: str, step: Step, section: Section, name: str, done: list[dict[str, Any]]) -> list[Message]:
+    if step.kind == "explain":
+        return prompts.explain(name, topic, section)
+    in_section = [t for t in done if t["section"] == step.section]
+    teacher_turn = next((t["content"] for t in in_section if t["role"] == "teacher"), "")
+    if step.kind == "reply":
+        return prompts.student_reply(name, topic, teacher_turn)
+    if step.kind == "ask":
+        return prompts.student_question(name, topic, teacher_turn)
+    if step.kind == "answer":
+        return prompts.answer(name, topic, section, in_section[-1]["content"])
+    student_turn = next((t["content"] for t in in_section if t["role"] == "student"), "")
+    return prompts.correct(name, topic, section, teacher_turn, student_turn)
+
+
+async def _stream(
+    backend: ChatBackend,
+    messages: list[Message],
+    params: GenParams,
+    usage: Usage,
+    lesson_id: int,
+    step: Step,
+    others: list[str],
+    emit: Listener,
+    stop: asyncio.Event,
+) -> str | None:
+    """Stream one reply, emitting tokens; None if stopped mid-turn. Stops early once the model
+    starts writing another participant's lines, which would be cut anyway."""
+    text = ""
+    stream = backend.stream(messages, params, usage)
+    try:
+        async for delta in stream:
+            if stop.is_set():
+                return None
+            text += delta
+            await emit(TokenStreamed(lesson_id, step.speaker, step.role, text, delta))
+            if "\n" in text and names_other_speaker(text, others):
+                break
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+    return text
