@@ -8,10 +8,12 @@ without it shows that TRL is never loaded then.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,16 @@ from trainer import preference
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = {"role": "system", "content": "You are Kid, a student."}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The tiny model's matrices are too small to share between threads: on a busy machine the threads'
+    hand-offs cost ten times the arithmetic (KTO's two steps: 10 s on 2 threads, 1 s on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +72,17 @@ def write_job(tmp_path: Path, model_dir: str, name: str, step: dict[str, Any] | 
 
 # One trainer process, as `python -m trainer` runs: first a job without the step (as `preference =
 # "off"` writes it), then checks that TRL was never imported, then the same job with the DPO step.
-# One process, not two: importing torch, transformers and peft is most of a tiny run's time.
-OFF_THEN_DPO = ("import sys; from trainer.__main__ import main, read_job, run;"
-                " run(read_job(sys.argv[1]), lambda event: None);"
-                " print('trl imported' if 'trl' in sys.modules else 'trl never imported', file=sys.stderr);"
-                " sys.exit(main(['--job', sys.argv[2]]))")
+# One process, not two: importing torch, transformers and peft is most of a tiny run's time. On one
+# core, so the trainer runs torch on one thread (see `one_thread`).
+OFF_THEN_DPO = """
+import os, sys
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from trainer.__main__ import main, read_job, run
+run(read_job(sys.argv[1]), lambda event: None)
+print("trl imported" if "trl" in sys.modules else "trl never imported", file=sys.stderr)
+sys.exit(main(["--job", sys.argv[2]]))
+"""
 
 
 def test_dpo_step_continues_the_sft_adapter_and_off_never_loads_trl(tmp_path, tiny_dir):
@@ -103,7 +121,7 @@ def test_dpo_step_continues_the_sft_adapter_and_off_never_loads_trl(tmp_path, ti
     assert any(not torch.equal(dpo[k], sft[k]) for k in dpo)
 
 
-def test_kto_step_trains_only_the_adapter_and_leaves_no_reference_copy(tmp_path, tiny_dir):
+def test_kto_step_trains_only_the_adapter_and_leaves_no_reference_copy(tmp_path, tiny_dir, one_thread):
     """In process, so the weights can be compared in memory: base unchanged, LoRA changed."""
     pairs = tmp_path / "preference.jsonl"
     pairs.write_text("".join(json.dumps(pair(i)) + "\n" for i in range(2)), encoding="utf-8")
@@ -112,6 +130,14 @@ def test_kto_step_trains_only_the_adapter_and_leaves_no_reference_copy(tmp_path,
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     events: list[dict[str, Any]] = []
     config = preference.PreferenceConfig(method="kto", dataset=str(pairs), learning_rate=1e-2, max_length=128)
+
+    # prompts longer than max_length leave no answer to learn from: the step steps aside, the SFT adapter stays
+    cut = preference.train(model, tiny_dir, dataclasses.replace(config, max_length=8), events.append)
+    assert cut == {"status": "skipped", "reason": "all 4 rows reach max_length = 8 tokens before the answer starts"}
+    assert list(model.peft_config) == ["default"]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert events.pop()["message"] == f"preference step skipped: {cut['reason']}"
+    events.clear()
 
     figures = preference.train(model, tiny_dir, config, events.append)
 
@@ -122,7 +148,8 @@ def test_kto_step_trains_only_the_adapter_and_leaves_no_reference_copy(tmp_path,
     assert any(not torch.equal(after[n], p) for n, p in before.items() if "lora_B" in n)
     # each pair gives one desirable and one undesirable answer: 4 rows, 2 per step
     assert events[0]["message"] == "KTO on 2 pairs (4 rows)" and [e["step"] for e in events[1:]] == [1, 2]
-    assert figures["method"] == "kto" and figures["steps"] == 2 and figures["adapter_change"] > 0
+    assert figures["method"] == "kto" and figures["steps"] == 2 and figures["rows_dropped"] == 0
+    assert figures["adapter_change"] > 0
     assert {"kl", "rewards/chosen", "rewards/rejected"} <= set(figures)
 
 

@@ -152,10 +152,16 @@ def train(model: Any, tokenizer_dir: str, config: PreferenceConfig, emit: Emit, 
             train_dataset=datasets.Dataset.from_list(rows),
             processing_class=AutoTokenizer.from_pretrained(tokenizer_dir), callbacks=[report],
         )
-        trainer.train()
+        kept = len(trainer.train_dataset)  # TRL drops rows whose answer is cut off entirely by max_length
+        if kept:
+            trainer.train()
     if "ref" in model.peft_config:
         model.delete_adapter("ref")
     model.eval()
+    if not kept:  # the SFT adapter is still good: keep it rather than fail the night
+        reason = f"all {len(rows)} rows reach max_length = {config.max_length} tokens before the answer starts"
+        emit({"event": "stage", "stage": "preference", "message": f"preference step skipped: {reason}"})
+        return {"status": "skipped", "reason": reason}
     logged = report.logged
     if not logged or not all(math.isfinite(x["loss"]) for x in logged):
         raise FloatingPointError(f"the preference step logged no finite loss: {logged[-1:] or 'no steps'}")
@@ -163,6 +169,7 @@ def train(model: Any, tokenizer_dir: str, config: PreferenceConfig, emit: Emit, 
         "status": "trained",
         "method": config.method,
         "pairs": len(pairs),
+        "rows_dropped": len(rows) - kept,  # too long for max_length
         "steps": len(logged),
         "first_loss": logged[0]["loss"],
         "loss": logged[-1]["loss"],
