@@ -4,6 +4,8 @@ One command, offline, on the bundled models (SmolLM2-135M as grounded teacher an
 
     .venv/bin/python bench/distill/run.py            # every pack, writes the table into bench/README.md
     .venv/bin/python bench/distill/run.py --quick    # CI-sized: one pack's first 2 sections, 6 questions, quick.toml
+    .venv/bin/python bench/distill/run.py --scenario two-teachers    # each pack taught by its own teacher
+    .venv/bin/python bench/distill/run.py --scenario larger-student  # the 135M teacher teaches a 177M student
 
 Every step is a `classroom` command run in a fresh CLASSROOM_HOME, exactly as a user would:
   1. quiz the base student on each pack's paraphrased questions (no notes)   -> "base"
@@ -16,6 +18,14 @@ Every step is a `classroom` command run in a fresh CLASSROOM_HOME, exactly as a 
 
 The questions are written apart from the documents and phrased differently; the packs are fictional,
 so no model knows them before the lessons.
+
+Scenarios (issue 7's directions and panels), the same steps with other people in the lesson:
+  packs           one bundled teacher, one lesson per pack (the default; the table in bench/README.md)
+  two-teachers    two teachers, each grounded in a different pack, teach one rotate lesson: its
+                  syllabus alternates the packs' sections, so each teacher teaches (and gets the
+                  notes of) its own pack only, and the one student must learn from both
+  larger-student  the bundled 135M teacher teaches a larger local student: the bundled model
+                  depth up-scaled to 42 layers, 177M parameters (bench/distill/upscale.py)
 """
 
 from __future__ import annotations
@@ -36,7 +46,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 PACKS = HERE / "packs"
 CONTROL = REPO / "quiz" / "control.jsonl"
+SCENARIOS = ("packs", "two-teachers", "larger-student")
 README = REPO / "bench" / "README.md"
+sys.path.insert(0, str(REPO))
+from bench.distill.upscale import upscaled_model  # noqa: E402
+from lessons.syllabus import Section, sections_from_source  # noqa: E402
+
 BEGIN, END = "<!-- distill:begin -->", "<!-- distill:end -->"
 
 
@@ -128,9 +143,81 @@ def subset(path: Path, limit: int | None, work: Path) -> Path:
     return out
 
 
+@dataclass
+class Cast:
+    """Who teaches whom in a scenario, and the config that defines them."""
+
+    student: str
+    teachers: dict[str, str]  # pack name -> the teacher grounded in it
+    config: Path | None
+    shared_lesson: bool = False  # one rotate lesson teaches every pack
+
+
+def _model_block(name: str, path: str, display: str, trainable: bool, max_new_tokens: int) -> str:
+    return (f'[models.{name}]\nbackend = "local"\npath = "{path}"\ntrainable = {str(trainable).lower()}\n'
+            f'generation = {{ max_new_tokens = {max_new_tokens}, temperature = 0.0 }}\n'
+            f'persona = {{ display_name = "{display}" }}\n')
+
+
+def cast_for(scenario: str, packs: list[Pack], work: Path, config: Path | None, models_cache: Path) -> Cast:
+    """The models of a scenario; every scenario but the default writes its own classroom.toml (with
+    `config`'s settings appended: it may set [training] and the like, not [models] or [lessons])."""
+    if scenario == "packs":
+        return Cast("smol", {p.name: "smol-teacher" for p in packs}, config)
+    bundled = "bundled:smollm2-135m-instruct"
+    if scenario == "two-teachers":
+        if len(packs) != 2:
+            raise SystemExit("--scenario two-teachers needs exactly two packs (--packs a b)")
+        student = "smol"
+        teachers = {p.name: f"teacher-{p.name}" for p in packs}
+        blocks = [_model_block(student, bundled, "Smol (student)", True, 160)]
+        blocks += [_model_block(teachers[p.name], bundled, f"Professor {p.title}", False, 200) for p in packs]
+    else:
+        big = upscaled_model(models_cache / "smollm2-upscaled-42L", models_cache)
+        student = "big"
+        teachers = {p.name: "smol-teacher" for p in packs}
+        blocks = [_model_block(student, str(big), "Big Smol (177M student)", True, 160),
+                  _model_block("smol-teacher", bundled, "Professor Smol", False, 200)]
+    text = "\n".join(blocks) + f'\n[lessons]\ndefault_student = "{student}"\n'
+    if config is not None:
+        text += "\n" + config.read_text(encoding="utf-8")
+    path = work / "classroom.toml"
+    path.write_text(text, encoding="utf-8")
+    return Cast(student, teachers, path, shared_lesson=scenario == "two-teachers")
+
+
+def alternating_syllabus(packs: list[Pack], documents: dict[str, Path], work: Path) -> Path:
+    """One document whose sections alternate between the packs (A1, B1, A2, B2, …), so that in a
+    rotate lesson with the teachers in pack order each teacher teaches its own pack's sections
+    and sees only their notes. A longer pack's extra sections are merged into its last one."""
+    parts = [sections_from_source(documents[p.name].read_text(encoding="utf-8")) for p in packs]
+    n = min(len(x) for x in parts)
+    parts = [x[: n - 1] + [Section(" and ".join(s.title for s in x[n - 1:]), "\n\n".join(s.text for s in x[n - 1:]))]
+             for x in parts]
+    # the pack's name in each heading: "The factory" alone doesn't say whose factory it is
+    parts = [[s if s.title == p.title else Section(f"{p.title}: {s.title}", s.text) for s in x]
+             for p, x in zip(packs, parts, strict=True)]
+    order = [section for group in zip(*parts, strict=True) for section in group]
+    out = work / "alternating.md"
+    out.write_text("".join(f"## {s.title}\n\n{s.text}\n\n" for s in order), encoding="utf-8")
+    parsed = [s.title for s in sections_from_source(out.read_text(encoding="utf-8"))]
+    if parsed != [s.title for s in order]:  # merged or split sections would hand a teacher the other pack
+        raise SystemExit(f"the alternating syllabus parses into other sections: {parsed}")
+    return out
+
+
+def teacher_shares(home: Path) -> dict[str, float]:
+    """The last training run's teacher shares (provenance), from the data home's database."""
+    import sqlite3
+
+    with sqlite3.connect(home / "classroom.db") as db:
+        row = db.execute("SELECT sources FROM training_runs ORDER BY id DESC LIMIT 1").fetchone()
+    return json.loads(row[0]) if row and row[0] else {}
+
+
 def bench(
     packs: list[Pack], lessons_per_pack: int, limit: int | None, home: Path, verbose: bool, config: Path | None = None,
-    sections: int | None = None, quick: bool = False,
+    sections: int | None = None, quick: bool = False, scenario: str = "packs",
 ) -> dict[str, Any]:
     """Run the whole loop; the figures for the table. `quick` leaves out the teacher's ceiling and the
     control quizzes (the training gate still checks the control set before promoting)."""
@@ -140,9 +227,10 @@ def bench(
     if not (home / "cache").exists():
         shared.mkdir(parents=True, exist_ok=True)
         (home / "cache").symlink_to(shared, target_is_directory=True)
-    runner = Runner(home, work, verbose, config)
-    student, teacher = "smol", "smol-teacher"
     started = time.monotonic()
+    cast = cast_for(scenario, packs, work, config, shared)
+    runner = Runner(home, work, verbose, cast.config)
+    student = cast.student
     results = {p.name: PackResult(p.name, 0) for p in packs}
     questions = {p.name: subset(p.questions, limit, work) for p in packs}
     documents = {p.name: first_sections(p.document, sections, work) for p in packs}
@@ -151,17 +239,29 @@ def bench(
         base = runner.quiz(questions[p.name], student, f"{p.name}.base")
         results[p.name].questions, results[p.name].base = base["n"], base["correct"]
         if not quick:
-            results[p.name].teacher = runner.quiz(questions[p.name], teacher, f"{p.name}.teacher",
+            results[p.name].teacher = runner.quiz(questions[p.name], cast.teachers[p.name], f"{p.name}.teacher",
                                                   notes=documents[p.name])["correct"]
     control_before = None if quick else runner.quiz(CONTROL, student, "control.before")
 
-    for p in packs:
-        for _ in range(lessons_per_pack):
-            out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(documents[p.name]),
-                                        "--teacher", teacher, "--student", student, "--turns", "200", "--json")[-1])
+    directions = set()
+    if cast.shared_lesson:
+        teachers = [a for p in packs for a in ("--teacher", cast.teachers[p.name])]
+        out = json.loads(runner.run("lesson", "--topic", " and ".join(p.title for p in packs), "--source",
+                                    str(alternating_syllabus(packs, documents, work)), *teachers, "--student", student,
+                                    "--mode", "rotate", "--turns", "400", "--json")[-1])
+        directions.add(out["direction"])
+        for p in packs:  # one lesson teaches both: each row shows it, with all its turns
             results[p.name].lessons.append(out["lesson_id"])
-            results[p.name].turns += out["turns"]
-    runner.run("approve", *[str(i) for r in results.values() for i in r.lessons])
+            results[p.name].turns = out["turns"]
+    else:
+        for p in packs:
+            for _ in range(lessons_per_pack):
+                out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(documents[p.name]), "--teacher",
+                                            cast.teachers[p.name], "--student", student, "--turns", "200", "--json")[-1])
+                directions.add(out["direction"])
+                results[p.name].lessons.append(out["lesson_id"])
+                results[p.name].turns += out["turns"]
+    runner.run("approve", *sorted({str(i) for r in results.values() for i in r.lessons}))
     train = json.loads(runner.run("train", "--student", student, "--json")[-1])
 
     for p in packs:
@@ -171,11 +271,17 @@ def bench(
         control_after = runner.quiz(CONTROL, student, "control.after")
         control = {"n": control_before["n"], "before": control_before["correct"], "after": control_after["correct"]}
     return {
+        "scenario": scenario,
+        "student": student,
+        "teachers": cast.teachers,
+        "directions": sorted(directions),
         "packs": [vars(r) for r in results.values()],
         "control": control,
         "sections": sections,
         # before/after: the gate's held-out items for these lessons (topic) and its control set, base vs candidate
-        "train": {k: train.get(k) for k in ("status", "examples", "tokens", "seconds", "version", "reason", "before", "after")},
+        "train": {k: train.get(k) for k in ("status", "examples", "anchors", "tokens", "seconds", "version", "reason",
+                                            "before", "after")},
+        "teacher_shares": teacher_shares(home),
         "wall_s": round(time.monotonic() - started),
         "lessons_per_pack": lessons_per_pack,
         "config": str(config) if config else "defaults",
@@ -199,6 +305,15 @@ def table(result: dict[str, Any]) -> str:
     control = f"Control ({c['n']} general questions): {c['before']} → {c['after']} correct. " if c else ""
     rows.append(f"{control}Training: {t['status']}, {t['examples']} examples, {t['tokens']} tokens, "
                 f"{t['seconds']:.0f} s. Whole run: {result['wall_s'] / 60:.1f} min.")
+    if result.get("scenario", "packs") != "packs":
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(result["teacher_shares"].items())) or "none"
+        gate = ""
+        if t.get("before") and t.get("after"):
+            gate = (f" Gate, base → candidate: held-out topic {t['before'].get('topic')} → {t['after'].get('topic')}, "
+                    f"control {t['before'].get('control')} → {t['after'].get('control')}.")
+        rows.append(f"Scenario {result['scenario']}: student {result['student']}, teachers "
+                    f"{', '.join(sorted(set(result['teachers'].values())))}, lesson header {', '.join(result['directions'])}; "
+                    f"teacher shares of the training data: {shares}.{gate}")
     return "\n".join(rows)
 
 
@@ -227,6 +342,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="CI-sized: one pack's first 2 sections, its first 6 questions, no ceiling or control quizzes, "
                         "training sized to that (quick.toml)")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="packs",
+                        help="who teaches whom (see above; default: one bundled teacher per pack)")
     parser.add_argument("--home", type=Path, default=None, help="data home to use (default: a fresh temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
     parser.add_argument("--write-readme", action="store_true", help="put the table into bench/README.md")
@@ -241,12 +358,14 @@ def main() -> None:
     config = args.config or (HERE / "quick.toml" if args.quick else None)
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         home = args.home or Path(tmp)
-        result = bench(packs, args.lessons, limit, home, args.verbose, config, sections, args.quick)
+        result = bench(packs, args.lessons, limit, home, args.verbose, config, sections, args.quick, args.scenario)
     text = table(result)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
     if args.write_readme:
+        if args.scenario != "packs":
+            raise SystemExit("--write-readme is for the default scenario's table; copy a scenario's table by hand")
         write_readme(text)
 
 
