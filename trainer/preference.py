@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import tempfile
 import time
@@ -26,8 +25,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 METHODS = ("dpo", "kto")
 Emit = Callable[[dict[str, Any]], None]
@@ -152,7 +149,8 @@ def train(model: Any, tokenizer_dir: str, config: PreferenceConfig, emit: Emit, 
             train_dataset=datasets.Dataset.from_list(rows),
             processing_class=AutoTokenizer.from_pretrained(tokenizer_dir), callbacks=[report],
         )
-        kept = len(trainer.train_dataset)  # TRL drops rows whose answer is cut off entirely by max_length
+        # TRL drops the rows whose answer max_length cuts off entirely
+        kept = len(trainer.train_dataset) if isinstance(trainer.train_dataset, datasets.Dataset) else len(rows)
         if kept:
             trainer.train()
     if "ref" in model.peft_config:
