@@ -312,6 +312,17 @@ def test_progress_shows_a_bar_the_stage_step_loss_speed_and_eta():
     assert "✅ Finished: the new adapter was promoted" in render_progress(state)
 
 
+def test_the_preference_step_shows_as_its_own_stage_with_its_own_steps():
+    state = ProgressState("kid", "Kid the Student", "manual")
+    for event in ({"event": "progress", "step": 40, "total_steps": 40, "loss": 0.2},
+                  {"event": "stage", "stage": "preference", "message": "DPO on 9 pairs"},
+                  {"event": "progress", "stage": "preference", "step": 1, "total_steps": 4, "loss": 0.69}):
+        assert state.apply(event)
+    lines = render_progress(state).splitlines()
+    assert lines[1:3] == ["`█████░░░░░░░░░░░░░░░` 25% · step 1/4",
+                          "Stage: preference step (DPO/KTO on members' chosen/rejected answers) — DPO on 9 pairs"]
+
+
 async def test_progress_edits_are_throttled_and_the_newest_state_is_always_shown():
     clock = FakeClock()
     shown: list[tuple[float, str]] = []

@@ -31,6 +31,7 @@ STAGES = {
     "dataset": "building the dataset",
     "quiz": "writing held-out quiz items",
     "train": "training",
+    "preference": "preference step (DPO/KTO on members' chosen/rejected answers)",
     "trained": "training done",
     "evaluate": "held-out quiz: before and after",
 }
@@ -74,7 +75,8 @@ class ProgressState:
             self.examples, self.tokens = event.get("examples"), event.get("tokens")
             self.total_steps = event.get("total_steps") or self.total_steps
         elif kind == "progress":
-            self.stage = "train"
+            # the optional preference step reports its own steps after SFT's (trainer/preference.py)
+            self.stage = "preference" if event.get("stage") == "preference" else "train"
             self.step = int(event.get("step") or 0)
             self.total_steps = event.get("total_steps") or self.total_steps
             self.loss, self.tokens_per_s, self.eta_s = event.get("loss"), event.get("tokens_per_s"), event.get("eta_s")
@@ -126,7 +128,7 @@ def render_progress(state: ProgressState) -> str:
     else:
         stage = STAGES.get(state.stage, state.stage)
         lines.append(f"Stage: {stage}" + (f" — {shorten(state.note, 300)}" if state.note else ""))
-    if state.loss is not None or state.stage == "train":
+    if state.loss is not None or state.stage in ("train", "preference"):
         loss = f"{state.loss:.3f}" if state.loss is not None else "–"
         speed = f"{state.tokens_per_s:,.0f}" if state.tokens_per_s is not None else "–"
         eta = duration(state.eta_s) if state.outcome is None else "–"
