@@ -29,7 +29,7 @@ from storage import open_db
 from storage import training as tq
 from tests import discord_fixtures as fixtures
 from tests.discord_fixtures import reply_to
-from trainer.job import store_items
+from trainer.gate import store_items
 
 pytestmark = pytest.mark.simcord(settle_timeout=fixtures.SETTLE)
 

@@ -23,7 +23,7 @@ from storage import training as tq
 from storage import votes as v
 from tests.scripted import ScriptedBackend
 from tests.tiny import build_tiny_model, make_lora
-from trainer import anchors, dataset, job
+from trainer import anchors, dataset, gate, job
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ async def test_nightly_lifecycle_train_skip_kill_continue(app):
     assert run["status"] == "promoted" and run["lesson_ids"] == [lid] and len(run["data_hash"]) == 64
     assert run["sources"] == {"prof": 1.0}  # provenance: whose turns trained this adapter
     assert {e.get("event") for e in events} >= {"stage", "start", "progress", "done"}
-    items = await app.store.call(job.heldout_items, "kid")
+    items = await app.store.call(gate.heldout_items, "kid")
     # the teacher's grounded item is kept; its hallucinated one ("Ada Quill" is not in these notes) is
     # replaced by a fill-in-the-blank item cut from the notes
     assert [i["answer"] for i in items] == ["4471", "4471"]
@@ -137,10 +137,10 @@ async def test_nightly_lifecycle_train_skip_kill_continue(app):
 
 
 def test_gate_rejects_a_worse_adapter():
-    assert job.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.4, "control": 0.8}, 0.1)[0] is False
-    ok, why = job.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.9, "control": 0.6}, 0.1)
+    assert gate.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.4, "control": 0.8}, 0.1)[0] is False
+    ok, why = gate.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.9, "control": 0.6}, 0.1)
     assert not ok and "control score fell" in why
-    assert job.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.6, "control": 0.75}, 0.1)[0] is True
+    assert gate.gate({"topic": 0.5, "control": 0.8}, {"topic": 0.6, "control": 0.75}, 0.1)[0] is True
 
 
 async def test_promoted_adapter_is_used_by_the_next_request_and_rollback_restores(app, tiny_dir, tmp_path):

@@ -37,6 +37,7 @@ from quiz.grading import grade_reference
 from settings import FineTune, ModelSpec
 from storage import training as tq
 from trainer import dataset
+from trainer.gate import ensure_quiz_items, heldout_items
 from trainer.job import (
     NOTHING_NEW,
     Progress,
@@ -44,9 +45,7 @@ from trainer.job import (
     _record_inputs,
     _teacher_shares,
     decide,
-    ensure_quiz_items,
     gather_material,
-    heldout_items,
 )
 
 log = logging.getLogger(__name__)
