@@ -135,9 +135,32 @@ def notes_support(reply: str, notes: str) -> float:
     and modern elements": a third of its words are in the notes); a faithful turn is mostly the
     notes' own words. A reply with no content words counts as fully supported.
     """
-    have = set(re.findall(r"[a-z0-9']+", notes.lower().replace(",", "")))
-    words = [w for w in re.findall(r"[a-z0-9']+", reply.lower().replace(",", ""))
-             if (w.isdigit() or len(w) >= 4) and w not in _STOPWORDS]
+    have = _words(notes)
+    words = _content_words(reply)
     if not words:
         return 1.0
-    return sum(w in have or w.rstrip("s") in have or w + "s" in have for w in words) / len(words)
+    return sum(_found(w, have) for w in words) / len(words)
+
+
+def asks_about_notes(question: str, notes: str) -> bool:
+    """Whether a student's question names anything its section's notes talk about.
+
+    A small student often asks a question about nothing ("What is the answer to this question?");
+    the teacher then answers with any fact, and the pair would teach the student to answer an
+    empty question with that fact. Such a question is replaced by one about the section."""
+    have = _words(notes)
+    return any(_found(w, have) for w in _content_words(question))
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower().replace(",", "")))
+
+
+def _content_words(text: str) -> list[str]:
+    """Numbers, and words of four or more letters that are not function words."""
+    return [w for w in re.findall(r"[a-z0-9']+", text.lower().replace(",", ""))
+            if (w.isdigit() or len(w) >= 4) and w not in _STOPWORDS]
+
+
+def _found(word: str, have: set[str]) -> bool:
+    return word in have or word.rstrip("s") in have or word + "s" in have

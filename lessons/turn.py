@@ -22,6 +22,7 @@ from lessons.errors import LessonError
 from lessons.events import Listener, TokenStreamed, TurnStarted
 from lessons.guards import (
     MIN_SUPPORT,
+    asks_about_notes,
     clean_reply,
     copied_phrases,
     end_at_question,
@@ -102,6 +103,9 @@ async def write_turn(
             text = end_at_question(text)
         elif step.kind == "ask":
             text = prompts.check_question(text) or ""  # only the question, without the student's preamble
+            if text and section.text and not asks_about_notes(text, f"{section.title}\n{section.text}"):
+                log.info("lesson %s: %s asked about nothing in the section: %r", lesson["id"], step.speaker, text)
+                text = ""  # tried again, and in the end replaced by a question about the section
         if text and step.kind in ("correct", "answer") and is_echo(text, recent):
             confirmation = confirmation or (text, usage)  # restating a right answer is still an answer
         if not text or is_echo(text, recent):

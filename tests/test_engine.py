@@ -283,3 +283,16 @@ async def test_a_student_with_no_usable_question_asks_the_fallback_one(store):
     turns = await store.call(q.turns, lid)
     assert outcome.reason == "syllabus covered"
     assert turns[3]["kind"] == "ask" and turns[3]["content"].startswith("What should I remember about")
+
+
+async def test_a_student_question_about_nothing_in_the_section_is_replaced_by_one_about_it(store):
+    doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
+    student = ScriptedBackend("kid", ["Maybe 12?", "What is the answer to this question?"])
+    lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=5, source_name="v.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert outcome.reason == "syllabus covered"
+    assert turns[3]["kind"] == "ask" and turns[3]["content"].startswith("What should I remember about")
+    # a question that names something from the notes is kept as the student asked it
+    student = ScriptedBackend("kid", ["Maybe 12?", "Which gate does the code open?"])
+    lid, _, _ = await run_lesson(make_engine(store, student=student), turns=5, source_name="v.md", source_text=doc)
+    assert (await store.call(q.turns, lid))[3]["content"] == "Which gate does the code open?"
