@@ -140,6 +140,8 @@ class TrainingSettings(_Strict):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
+    # which linear layers get LoRA: all of them (not the output head), or only the MLPs' or attention's
+    lora_targets: Literal["all-linear", "mlp", "attention"] = "all-linear"
     max_seq_len: int = Field(1024, ge=64)
     batch_tokens: int = Field(1024, ge=64)
     replay_share: float = Field(0.5, ge=0, le=1)

@@ -321,6 +321,16 @@ def _train_tiny(tiny_model_dir: Path, rows: list[data.PackedRow], **config: Any)
     return model, loop.train(model, rows, cfg)
 
 
+@pytest.mark.parametrize(("targets", "layers"), [("mlp", {"gate_proj", "up_proj", "down_proj"}),
+                                                ("attention", {"q_proj", "k_proj", "v_proj", "o_proj"})])
+def test_lora_targets_narrow_the_adapter_to_the_mlp_or_attention_layers(tiny_model_dir, targets, layers):
+    model = loop.prepare_model(tiny_base(tiny_model_dir), loop.TrainConfig(lora_targets=targets))
+    wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert wrapped == layers
+    with pytest.raises(ValueError, match="lora_targets must be one of"):
+        loop.TrainConfig.from_dict({"lora_targets": "mlps"})
+
+
 def test_training_changes_lora_weights_only_and_lowers_the_loss(smol_tokenizer, tiny_model_dir):
     rows = data.pack(tokenized(smol_tokenizer, 6), 256)
     cfg = loop.TrainConfig(lora_r=8, lora_alpha=16, learning_rate=5e-3, epochs=12)

@@ -196,7 +196,7 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
         "output_dir": str(out_dir),
         "init_adapter": init_adapter,
         "config": {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r,
-                   "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "max_seq_len": cfg.max_seq_len,
+                   "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "lora_targets": cfg.lora_targets, "max_seq_len": cfg.max_seq_len,
                    "batch_tokens": cfg.batch_tokens, "min_steps": cfg.min_steps, "seed": cfg.seed},
         "preference": step.options,
         "meta": {"student": student, "run_id": run_id, "version": version, "data_hash": data_hash,

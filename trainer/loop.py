@@ -45,6 +45,7 @@ class TrainConfig:
     lora_r: int = 16  # LoRA rank (ignored with init_adapter: the adapter keeps its own)
     lora_alpha: int = 32  # LoRA scale is alpha / r
     lora_dropout: float = 0.0  # dropout on the LoRA input; 0 lets peft skip the op entirely
+    lora_targets: str = "all-linear"  # which linear layers get LoRA: "all-linear", "mlp" or "attention"
     max_seq_len: int = 1024  # longest example in tokens; longer dialogues are cut at the end
     batch_tokens: int = 4096  # tokens per optimizer step: one packed row of up to this many
     seed: int = 0  # seeds torch, random and numpy: same data and config give the same adapter
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ValueError("min_steps must be 0 or more")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}")
         if self.autocast not in ("auto", "bf16", "off"):
             raise ValueError('autocast must be "auto", "bf16" or "off"')
 
@@ -169,11 +172,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+LORA_TARGETS = ("all-linear", "mlp", "attention")
+
+
+def lora_target_modules(model: torch.nn.Module, targets: str) -> str | list[str]:
+    """peft's `target_modules` for `targets`: every linear layer but the output head ("all-linear"),
+    or only those inside the blocks' MLPs or attention, found by module path (`…mlp.up_proj`,
+    `…self_attn.q_proj`), so any architecture that names its blocks so works."""
+    if targets == "all-linear":
+        return "all-linear"
+    part = "mlp" if targets == "mlp" else "attn"
+    names = sorted({name for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and part in name.rsplit(".", 1)[0].rsplit(".", 1)[-1]})
+    if not names:
+        raise ValueError(f"lora_targets = {targets!r}: the model has no linear layers inside '{part}' blocks")
+    return names
+
+
 def prepare_model(base: PreTrainedModel, config: TrainConfig, init_adapter: str | None = None) -> PeftModel:
     """Wrap `base` with a fresh LoRA adapter, or with `init_adapter` loaded trainable to continue from it.
 
-    LoRA goes on every linear layer of attention and MLP ("all-linear": q, k, v,
-    o, gate, up, down for Llama) but not on the output head.
+    By default LoRA goes on every linear layer of attention and MLP ("all-linear": q, k, v,
+    o, gate, up, down for Llama) but not on the output head; `lora_targets` narrows it.
     """
     seed_everything(config.seed)  # the LoRA A matrices start random
     if init_adapter:
@@ -188,7 +208,7 @@ def prepare_model(base: PreTrainedModel, config: TrainConfig, init_adapter: str 
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules="all-linear",
+        target_modules=lora_target_modules(base, config.lora_targets),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(base, lora)
