@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from trainer import check_known_keys
 from trainer.data import IGNORE, PackedRow, block_causal_mask
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a job's `config` object; unknown keys are an error, so a typo cannot pass silently."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        check_known_keys(cls, values, "config")
         config = cls(**values)
         config.validate()
         return config

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer import check_known_keys
+
 METHODS = ("dpo", "kto")
 Emit = Callable[[dict[str, Any]], None]
 
@@ -45,10 +47,7 @@ class PreferenceConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PreferenceConfig:
         """Build from a job's `preference` object; unknown keys and bad values are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown preference keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        check_known_keys(cls, values, "preference")
         config = cls(**values)
         if config.method not in METHODS:
             raise ValueError(f"preference method must be one of {', '.join(METHODS)}, not {config.method!r}")

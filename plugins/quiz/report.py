@@ -112,8 +112,11 @@ async def post_comparison(interaction: discord.Interaction, names: list[str]) ->
     app = app_of(interaction.client)
     await interaction.response.defer(thinking=True)
     cards = [await read_card(app, name) for name in names]
-    file = await asyncio.to_thread(compare_file, cards)
-    embed = compare_embed(cards)
+    await _send_card(interaction, compare_embed(cards), await asyncio.to_thread(compare_file, cards))
+
+
+async def _send_card(interaction: discord.Interaction, embed: discord.Embed, file: discord.File | None) -> None:
+    """Follow up a deferred report with its embed, the chart shown inside it when there is one."""
     if file is None:
         await interaction.followup.send(embed=embed, allowed_mentions=NO_MENTIONS)
         return
@@ -141,13 +144,7 @@ async def post_report(interaction: discord.Interaction, student: str | None, stu
         return
     await interaction.response.defer(thinking=True)
     card = await read_card(app, name)
-    file = await asyncio.to_thread(chart_file, card)
-    embed = card_embed(card)
-    if file is None:
-        await interaction.followup.send(embed=embed, allowed_mentions=NO_MENTIONS)
-        return
-    embed.set_image(url=f"attachment://{file.filename}")
-    await interaction.followup.send(embed=embed, file=file, allowed_mentions=NO_MENTIONS)
+    await _send_card(interaction, card_embed(card), await asyncio.to_thread(chart_file, card))
 
 
 def report_command() -> app_commands.Command:
