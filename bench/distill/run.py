@@ -51,6 +51,8 @@ README = REPO / "bench" / "README.md"
 sys.path.insert(0, str(REPO))
 from bench.distill.upscale import upscaled_model  # noqa: E402
 from lessons.syllabus import Section, sections_from_source  # noqa: E402
+from storage import open_db  # noqa: E402
+from storage.training import list_runs  # noqa: E402
 
 BEGIN, END = "<!-- distill:begin -->", "<!-- distill:end -->"
 
@@ -206,13 +208,14 @@ def alternating_syllabus(packs: list[Pack], documents: dict[str, Path], work: Pa
     return out
 
 
-def teacher_shares(home: Path) -> dict[str, float]:
-    """The last training run's teacher shares (provenance), from the data home's database."""
-    import sqlite3
-
-    with sqlite3.connect(home / "classroom.db") as db:
-        row = db.execute("SELECT sources FROM training_runs ORDER BY id DESC LIMIT 1").fetchone()
-    return json.loads(row[0]) if row and row[0] else {}
+def teacher_shares(home: Path, student: str) -> dict[str, float]:
+    """The student's last training run's teacher shares (provenance), as the bot records them."""
+    db = open_db(home / "classroom.db")
+    try:
+        runs = list_runs(db, student, 1)
+    finally:
+        db.conn.close()
+    return (runs[0].get("sources") if runs else None) or {}
 
 
 def bench(
@@ -281,7 +284,7 @@ def bench(
         # before/after: the gate's held-out items for these lessons (topic) and its control set, base vs candidate
         "train": {k: train.get(k) for k in ("status", "examples", "anchors", "tokens", "seconds", "version", "reason",
                                             "before", "after")},
-        "teacher_shares": teacher_shares(home),
+        "teacher_shares": teacher_shares(home, student),
         "wall_s": round(time.monotonic() - started),
         "lessons_per_pack": lessons_per_pack,
         "config": str(config) if config else "defaults",
