@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from backends.base import BackendError
-from cli import CliError, data_commands, quiz_commands
+from cli import CliError, data_commands, gguf_commands, quiz_commands
 from lessons.engine import LessonError
 from lessons.sources import SourceError
 from settings import ConfigError, load_settings
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--student", default=None)
     quiz_commands.add_parsers(sub)
     data_commands.add_parsers(sub)
+    gguf_commands.add_parsers(sub)
     return p
 
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         name = f"cmd_{args.command.replace('-', '_')}"
-        handler = getattr(commands, name, None) or getattr(quiz_commands, name, None) or getattr(data_commands, name)
+        handler = next(getattr(m, name) for m in (commands, quiz_commands, data_commands, gguf_commands) if hasattr(m, name))
         return asyncio.run(handler(settings, args)) or 0
     except (ConfigError, LessonError, SourceError, BackendError, CliError) as e:
         print(f"error: {e}", file=sys.stderr)
