@@ -71,12 +71,10 @@ def _pick_adapter(db: Any, student: str, version: str | None) -> dict[str, Any]:
 
 def _base_config(spec: ModelSpec, cache_dir: Path) -> dict[str, Any]:
     """The student's base model config (the bundled model is converted once if it was not yet)."""
-    from transformers import AutoConfig
-
     from backends.bundled import resolve_model_dir
+    from trainer.gguf_lora import base_config
 
-    config: dict[str, Any] = AutoConfig.from_pretrained(resolve_model_dir(spec.path, cache_dir)).to_dict()
-    return config
+    return base_config(resolve_model_dir(spec.path, cache_dir))
 
 
 def _base_gguf(spec: ModelSpec) -> Path | None:

@@ -86,6 +86,14 @@ def adapter_tensors(adapter_dir: Path, base_config: dict[str, Any]) -> tuple[dic
     return tensors, scaling * rank
 
 
+def base_config(model: str) -> dict[str, Any]:
+    """The config of a base model (a directory or a hub id) as a plain dict."""
+    from transformers import AutoConfig
+
+    config: dict[str, Any] = AutoConfig.from_pretrained(model).to_dict()
+    return config
+
+
 def write_gguf_lora(adapter_dir: Path | str, base_config: dict[str, Any], out: Path | str, *, name: str) -> Path:
     """Write `adapter_dir` (a peft LoRA directory) as a GGUF LoRA file at `out`; returns `out`."""
     from gguf import GGUFType, GGUFWriter, Keys
