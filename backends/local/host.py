@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "gguf": torch.float32}
 
 
 class ModelLoadError(RuntimeError):
@@ -91,8 +91,13 @@ class LocalModelHost(BatchScheduler):
         dtype: str = "auto",
         max_batch: int = 1,
         batch_window: float = 0.0,
+        gguf: str | None = None,
+        kernel_dir: Path | None = None,
     ):
         self.model_dir = model_dir
+        # dtype "gguf": the file the model was converted from, whose blocks the linear layers then use
+        self.gguf = gguf
+        self.kernel_dir = kernel_dir or Path(model_dir).parent / "kernels"
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{Path(model_dir).name}")
@@ -240,8 +245,10 @@ class LocalModelHost(BatchScheduler):
             model.to(self.device).eval()
         except Exception as e:
             raise ModelLoadError(f"could not load the model from {self.model_dir}: {e}") from e
-        self._tokenizer = tokenizer
         self._parameter_count = sum(p.numel() for p in model.parameters())
+        if self.dtype == "gguf":
+            self._use_blocks(model)
+        self._tokenizer = tokenizer
         self._model = model
         log.info(
             "loaded %s on %s as %s (%d parameters) in %.1f s",
@@ -251,6 +258,21 @@ class LocalModelHost(BatchScheduler):
             self._parameter_count,
             time.monotonic() - started,
         )
+
+    def _use_blocks(self, model: Any) -> None:
+        """Serve from the GGUF file's blocks; on any misfit keep fp32, which gives the same answers, slower."""
+        from backends.local.gguf_weights import use_gguf_blocks
+        from backends.local.kernels import KernelsUnavailable
+
+        if self.gguf is None or self.device != "cpu":
+            log.warning("dtype gguf needs a GGUF source on the CPU; %s runs in float32", self.model_dir)
+            self.dtype = "float32"
+            return
+        try:
+            log.info("%s: %s", self.model_dir, use_gguf_blocks(model, self.gguf, self.kernel_dir))
+        except (KernelsUnavailable, ValueError, OSError) as e:
+            log.warning("%s runs in float32: the GGUF block kernels cannot serve it (%s)", self.model_dir, e)
+            self.dtype = "float32"
 
     def _swap_adapter(self, name: str, path: str | None) -> None:
         self.load()

@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 from backends.base import BackendError
-from backends.bundled import resolve_model_dir
+from backends.bundled import bundled_gguf_path, resolve_model_dir
 from backends.local.backend import LocalBackend
 from backends.local.host import LocalModelHost, resolve_device, resolve_dtype
-from settings import ModelSpec
+from backends.local.kernels import cpu_supported
+from settings import BUNDLED_MODEL, ModelSpec
 
 
 class HostPool:
@@ -30,11 +31,13 @@ class HostPool:
         return len(self._hosts)
 
     def get(
-        self, model_dir: str, device: str = "auto", dtype: str = "auto", *, max_batch: int = 1, batch_window: float = 0.0
+        self, model_dir: str, device: str = "auto", dtype: str = "auto", *, max_batch: int = 1, batch_window: float = 0.0,
+        gguf: str | None = None,
     ) -> LocalModelHost:
         """The host for already-resolved weights, created (not loaded) on first request.
 
-        `max_batch` and `batch_window` (seconds) apply when this call creates the host.
+        `max_batch` and `batch_window` (seconds) apply when this call creates the host; `gguf` is the
+        file `model_dir` was converted from (dtype "gguf" serves from its blocks).
 
         With 'auto' device or dtype this asks torch about the GPU; prefer `host_for` on the event loop.
         """
@@ -44,7 +47,8 @@ class HostPool:
         host = self._hosts.get(key)
         if host is None or host.closing:
             host = self._hosts[key] = LocalModelHost(
-                key[0], device=device, dtype=dtype, max_batch=max_batch, batch_window=batch_window
+                key[0], device=device, dtype=dtype, max_batch=max_batch, batch_window=batch_window, gguf=gguf,
+                kernel_dir=self.cache_dir / "kernels",
             )
         return host
 
@@ -54,11 +58,11 @@ class HostPool:
             raise BackendError(spec.name, "is not a local model")
         async with self._resolving:
             try:
-                model_dir, device, dtype = await asyncio.to_thread(_resolve, spec, self.cache_dir)
+                model_dir, device, dtype, gguf = await asyncio.to_thread(_resolve, spec, self.cache_dir)
             except Exception as e:
                 raise BackendError(spec.name, f"cannot prepare {spec.path}: {e}") from e
             return self.get(
-                model_dir, device, dtype, max_batch=spec.max_batch, batch_window=spec.batch_window_ms / 1000
+                model_dir, device, dtype, max_batch=spec.max_batch, batch_window=spec.batch_window_ms / 1000, gguf=gguf
             )
 
     async def backend_for(self, spec: ModelSpec, adapter_name: str | None = None) -> LocalBackend:
@@ -71,8 +75,21 @@ class HostPool:
         await asyncio.gather(*(h.aclose() for h in hosts))
 
 
-def _resolve(spec: ModelSpec, cache_dir: Path) -> tuple[str, str, str]:
+def _resolve(spec: ModelSpec, cache_dir: Path) -> tuple[str, str, str, str | None]:
+    """(model directory, device, dtype, source GGUF or None) for a local spec; blocking (may convert)."""
     assert spec.path is not None
     model_dir = resolve_model_dir(spec.path, cache_dir)
     device = resolve_device(spec.device)
-    return model_dir, device, resolve_dtype(spec.dtype, device)
+    gguf = source_gguf(spec.path)
+    if spec.dtype == "gguf" and gguf is None:
+        raise ValueError(f'dtype "gguf" needs a .gguf file or the bundled model as path, not {spec.path}')
+    if spec.dtype == "auto" and gguf is not None and device == "cpu" and cpu_supported() is None:
+        return model_dir, device, "gguf", gguf
+    return model_dir, device, resolve_dtype(spec.dtype, device), gguf
+
+
+def source_gguf(path: str) -> str | None:
+    """The GGUF file a local model path stands for, if it is one."""
+    if path == BUNDLED_MODEL:
+        return str(bundled_gguf_path())
+    return str(Path(path).expanduser()) if path.endswith(".gguf") else None

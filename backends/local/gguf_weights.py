@@ -1,0 +1,167 @@
+"""Serve a model converted from a GGUF file with the file's own 4-bit blocks (dtype "gguf").
+
+The converted model's fp32 linear weights are the GGUF blocks dequantised, so the blocks hold
+the same weights in a fifth of the bytes. `use_gguf_blocks` swaps each linear layer whose
+blocks rebuild its fp32 weight exactly for a `BlockLinear`, which multiplies by the blocks with
+the kernels in qmm.c, and frees the fp32 copy. A layer that does not match exactly keeps fp32.
+peft still wraps the layers (a BlockLinear is an nn.Linear), so LoRA students work as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DECODE_ROWS = 16
+"""Products with at most this many rows (decode steps) use the block kernels; longer ones (a
+prompt's prefill, compute-bound) dequantise the layer and use torch's matmul."""
+
+
+@dataclass
+class Blocks:
+    """One weight [out, in] as GGUF blocks of 32: q (packed nibbles or int8), d (and m for Q4_1), as fp32."""
+
+    kind: str  # "Q4_1" or "Q8_0"
+    q: torch.Tensor
+    d: torch.Tensor
+    m: torch.Tensor | None
+    out_features: int
+    in_features: int
+
+    def rows(self, index: np.ndarray) -> Blocks:
+        """The same weight with its output rows reordered."""
+        idx = torch.from_numpy(index)
+        m = None if self.m is None else self.m[idx].contiguous()
+        return Blocks(self.kind, self.q[idx].contiguous(), self.d[idx].contiguous(), m, self.out_features, self.in_features)
+
+
+class BlockLinear(nn.Linear):
+    """A bias-free linear layer computed from GGUF blocks; `weight` is an empty placeholder."""
+
+    def __init__(self, blocks: Blocks, lib: ctypes.CDLL, like: torch.Tensor):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = blocks.in_features, blocks.out_features
+        self.blocks = blocks
+        self._lib = lib
+        # peft reads the base layer's weight for its dtype and device only
+        self.weight = nn.Parameter(torch.empty(0, dtype=like.dtype, device=like.device), requires_grad=False)
+        self.register_parameter("bias", None)
+
+    def dequantise(self) -> torch.Tensor:
+        """The fp32 weight [out, in], rebuilt from the blocks."""
+        b = self.blocks
+        out = torch.empty(b.out_features, b.in_features, dtype=torch.float32)
+        if b.kind == "Q4_1":
+            assert b.m is not None
+            self._lib.q4_1_dequant(b.q.data_ptr(), b.d.data_ptr(), b.m.data_ptr(), b.out_features, b.in_features, out.data_ptr())
+        else:
+            self._lib.q8_0_dequant(b.q.data_ptr(), b.d.data_ptr(), b.out_features, b.in_features, out.data_ptr())
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        rows = flat.shape[0]
+        if rows > DECODE_ROWS:
+            out = torch.nn.functional.linear(flat, self.dequantise())
+        else:
+            b = self.blocks
+            out = torch.empty(rows, b.out_features, dtype=torch.float32)
+            if b.kind == "Q4_1":
+                assert b.m is not None
+                self._lib.q4_1_mm(flat.data_ptr(), rows, b.in_features, b.q.data_ptr(), b.d.data_ptr(), b.m.data_ptr(),
+                                  b.out_features, out.data_ptr())
+            else:
+                self._lib.q8_0_mm(flat.data_ptr(), rows, b.in_features, b.q.data_ptr(), b.d.data_ptr(), b.out_features,
+                                  out.data_ptr())
+        return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+
+def read_blocks(gguf: Path | str) -> tuple[str, dict[str, Blocks]]:
+    """The file's architecture and its Q4_1 / Q8_0 weights by GGUF tensor name (without '.weight')."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    found: dict[str, Blocks] = {}
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        if kind not in ("Q4_1", "Q8_0") or len(t.shape) != 2:
+            continue
+        n_in, n_out = int(t.shape[0]), int(t.shape[1])
+        raw = np.asarray(t.data, dtype=np.uint8).reshape(n_out, -1)
+        size = 20 if kind == "Q4_1" else 34
+        blocks = raw.reshape(n_out, n_in // 32, size)
+        d = blocks[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+        if kind == "Q4_1":
+            m = blocks[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+            q = blocks[:, :, 4:].reshape(n_out, n_in // 2)
+            found[t.name.removesuffix(".weight")] = Blocks(kind, torch.from_numpy(q.copy()), torch.from_numpy(d),
+                                                           torch.from_numpy(m), n_out, n_in)
+        else:
+            q = blocks[:, :, 2:].reshape(n_out, n_in).view(np.int8)
+            found[t.name.removesuffix(".weight")] = Blocks(kind, torch.from_numpy(q.copy()), torch.from_numpy(d), None, n_out, n_in)
+    return arch, found
+
+
+def use_gguf_blocks(model: Any, gguf: Path | str, cache_dir: Path) -> str:
+    """Swap the linear layers of a converted llama-architecture `model` for BlockLinear layers; returns a summary.
+
+    Raises KernelsUnavailable (from the kernels) or ValueError (the model or file does not fit).
+    """
+    from gguf import MODEL_ARCH, get_tensor_name_map
+
+    from backends.local.kernels import load
+
+    lib = load(cache_dir)
+    config = model.config
+    if (config.architectures or [""])[0] != "LlamaForCausalLM":
+        raise ValueError(f"GGUF blocks serve llama-architecture models only, not {config.architectures}")
+    arch, blocks = read_blocks(gguf)
+    if arch != "llama":
+        raise ValueError(f"{gguf} is a {arch} model; GGUF blocks serve llama models only")
+    names = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    swapped, kept = 0, []
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or child.bias is not None:
+                continue
+            hf_name = f"{parent_name}.{child_name}" if parent_name else child_name
+            gguf_name = names.get_name(hf_name)
+            if gguf_name == "output" and "output" not in blocks and getattr(config, "tie_word_embeddings", False):
+                gguf_name = "token_embd"
+            found = blocks.get(gguf_name or "")
+            if found is None:
+                kept.append(hf_name)
+                continue
+            if gguf_name and gguf_name.endswith(".attn_q"):
+                found = found.rows(_hf_row_order(found.out_features, n_head))
+            elif gguf_name and gguf_name.endswith(".attn_k"):
+                found = found.rows(_hf_row_order(found.out_features, n_kv))
+            layer = BlockLinear(found, lib, child.weight)
+            if not torch.equal(layer.dequantise(), child.weight.detach().float().cpu()):
+                kept.append(hf_name)  # not the weights this model was converted from: keep them
+                continue
+            setattr(parent, child_name, layer)
+            swapped += 1
+    if kept:
+        log.info("kept fp32 for %d linear layers without matching GGUF blocks: %s", len(kept), ", ".join(kept[:5]))
+    if not swapped:
+        raise ValueError(f"no linear layer of the model matches the blocks in {gguf}")
+    return f"{swapped} linear layers on GGUF blocks, {len(kept)} in fp32"
+
+
+def _hf_row_order(n_rows: int, n_head: int) -> np.ndarray:
+    """Row index turning llama.cpp's rotary row order back into Hugging Face's (see trainer/gguf_lora.rope_permute)."""
+    half = n_rows // n_head // 2
+    return np.arange(n_rows).reshape(n_head, half, 2).swapaxes(1, 2).reshape(n_rows)

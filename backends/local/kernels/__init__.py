@@ -1,0 +1,83 @@
+"""The GGUF block kernels (qmm.c): built once with the machine's C compiler, loaded with ctypes.
+
+`load()` returns the library, or raises KernelsUnavailable with the reason (not x86-64, no AVX2
+or FMA, no compiler, a failed build); callers then keep fp32 weights.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("qmm.c")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC"]
+_lock = threading.Lock()
+_loaded: dict[Path, ctypes.CDLL] = {}
+
+
+class KernelsUnavailable(RuntimeError):
+    """The kernels cannot run here; the message says why."""
+
+
+def cpu_supported() -> str | None:
+    """None when this CPU runs the kernels, else the reason it does not."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the kernels need an x86-64 CPU, not {platform.machine()}"
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return "cannot read /proc/cpuinfo to check for AVX2"
+    missing = [f for f in ("avx2", "fma") if f not in flags.split()]
+    return f"the CPU lacks {' and '.join(missing)}" if missing else None
+
+
+def load(cache_dir: Path) -> ctypes.CDLL:
+    """The built library (built into `cache_dir` on first use). Raises KernelsUnavailable."""
+    reason = cpu_supported()
+    if reason:
+        raise KernelsUnavailable(reason)
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:12]
+    target = Path(cache_dir) / f"qmm-{key}.so"
+    with _lock:
+        if target in _loaded:
+            return _loaded[target]
+        if not target.is_file():
+            _build(target)
+        lib = ctypes.CDLL(str(target))
+        _declare(lib)
+        _loaded[target] = lib
+        return lib
+
+
+def _build(target: Path) -> None:
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise KernelsUnavailable("no C compiler (gcc or cc) to build them")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        partial = Path(tmp) / target.name
+        try:
+            done = subprocess.run([cc, *FLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True)
+        except OSError as e:
+            raise KernelsUnavailable(f"cannot run the C compiler {cc}: {e.strerror}") from e
+        if done.returncode != 0:
+            raise KernelsUnavailable(f"building them failed: {done.stderr.strip()[-300:]}")
+        partial.replace(target)  # another process may build the same file: each rename is whole
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    lib.q4_1_mm.argtypes = [p, i, i, p, p, p, i, p]
+    lib.q8_0_mm.argtypes = [p, i, i, p, p, i, p]
+    lib.q4_1_dequant.argtypes = [p, p, p, i, i, p]
+    lib.q8_0_dequant.argtypes = [p, p, i, i, p]
+    for fn in (lib.q4_1_mm, lib.q8_0_mm, lib.q4_1_dequant, lib.q8_0_dequant):
+        fn.restype = None

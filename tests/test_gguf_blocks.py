@@ -1,0 +1,130 @@
+"""Serving from the GGUF file's own blocks (dtype "gguf"): the same weights, the same answers, fewer bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backends.base import BackendError, GenParams, Message
+from backends.bundled import bundled_gguf_path, resolve_model_dir
+from backends.local import LocalBackend, LocalModelHost
+from backends.local.gguf_weights import BlockLinear, Blocks
+from backends.local.kernels import KernelsUnavailable, cpu_supported, load
+from backends.local.pool import HostPool
+from settings import BUNDLED_MODEL, ModelSpec
+from tests.tiny import make_lora
+
+pytestmark = pytest.mark.skipif(cpu_supported() is not None, reason=f"{cpu_supported()}")
+
+QUESTIONS = ["What is the capital of France?", "Write a haiku about rain.", "List three uses of copper."]
+
+
+def q4_1(n_out: int, n_in: int, seed: int) -> tuple[Blocks, torch.Tensor]:
+    """Random Q4_1 blocks and the fp32 weight numpy rebuilds from them (d * q + m, as transformers does)."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 16, (n_out, n_in // 32, 32), dtype=np.uint8)
+    d = rng.random((n_out, n_in // 32)).astype(np.float16).astype(np.float32) * 0.02
+    m = -rng.random((n_out, n_in // 32)).astype(np.float16).astype(np.float32) * 0.1
+    weight = (d[..., None] * q.astype(np.float32) + m[..., None]).reshape(n_out, n_in)
+    packed = (q[:, :, :16] | (q[:, :, 16:] << 4)).reshape(n_out, n_in // 2)
+    blocks = Blocks("Q4_1", torch.from_numpy(packed), torch.from_numpy(d), torch.from_numpy(m), n_out, n_in)
+    return blocks, torch.from_numpy(weight)
+
+
+def q8_0(n_out: int, n_in: int, seed: int) -> tuple[Blocks, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-127, 128, (n_out, n_in), dtype=np.int8)
+    d = rng.random((n_out, n_in // 32)).astype(np.float16).astype(np.float32) * 0.01
+    weight = (np.repeat(d, 32, axis=1) * q.astype(np.float32))
+    return Blocks("Q8_0", torch.from_numpy(q), torch.from_numpy(d), None, n_out, n_in), torch.from_numpy(weight)
+
+
+@pytest.mark.parametrize("make", [q4_1, q8_0])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 40])
+def test_block_products_equal_fp32_products_on_the_same_weights(make, rows, model_cache_dir):
+    blocks, weight = make(96, 160, seed=rows)
+    like = torch.empty(0)
+    layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels"), like)
+    assert torch.equal(layer.dequantise(), weight)  # bit for bit the weights transformers would hold
+    x = torch.randn(2, rows, 160)
+    torch.testing.assert_close(layer(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def host(model_dir: str, dtype: str, kernel_dir: Path, **kw) -> LocalModelHost:
+    return LocalModelHost(model_dir, device="cpu", dtype=dtype, max_batch=4, batch_window=0.05,
+                          gguf=str(bundled_gguf_path()), kernel_dir=kernel_dir, **kw)
+
+
+async def answers(h: LocalModelHost, adapter: Path | None = None) -> dict[str, list[str]]:
+    """Greedy answers of the base and (with `adapter`) the student, asked together in one batch."""
+    await h.ensure_loaded()
+    spec = ModelSpec(name="smol", backend="local", path=h.model_dir)
+    sides = {"base": LocalBackend(spec, h)}
+    if adapter is not None:
+        await h.set_adapter("student", adapter)
+        sides["student"] = LocalBackend(spec, h, adapter_name="student")
+    params = GenParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.1)
+    convs: list[list[Message]] = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    got = await asyncio.gather(*(b.chat(c, params) for b in sides.values() for c in convs))
+    return {name: got[i * len(convs):(i + 1) * len(convs)] for i, name in enumerate(sides)}
+
+
+@pytest.mark.slow
+async def test_the_bundled_model_on_blocks_answers_as_in_fp32_with_and_without_an_adapter(model_cache_dir, tmp_path):
+    """The quality guard that makes "gguf" the CPU default: greedy answers equal fp32's, for base and student."""
+    model_dir = resolve_model_dir(BUNDLED_MODEL, model_cache_dir)
+    adapter = make_lora(model_dir, tmp_path / "lora", std=0.02)
+    fp32, blocks = host(model_dir, "float32", tmp_path), host(model_dir, "gguf", model_cache_dir.parent / "kernels")
+    try:
+        want = await answers(fp32, adapter)
+        got = await answers(blocks, adapter)
+        assert blocks.dtype == "gguf"
+        swapped = [m for m in blocks.model.modules() if isinstance(m, BlockLinear)]
+        assert len(swapped) == 30 * 7 + 1  # every projection of the 30 layers, and the output head
+        assert got == want and "Paris" in got["base"][0]
+        assert got["student"] != got["base"]  # the adapter takes effect on top of the blocks
+        fp32_bytes = sum(p.numel() * 4 for p in fp32.model.parameters())
+        block_bytes = sum(p.numel() * 4 for p in blocks.model.parameters()) + sum(
+            m.blocks.q.numel() + (m.blocks.d.numel() + (0 if m.blocks.m is None else m.blocks.m.numel())) * 4 for m in swapped)
+        assert block_bytes < 0.45 * fp32_bytes  # the fp32 copies of the projections are gone
+    finally:
+        await asyncio.gather(fp32.aclose(), blocks.aclose())
+
+
+@pytest.mark.slow
+async def test_without_a_compiler_the_model_runs_in_fp32_and_says_why(model_cache_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    model_dir = resolve_model_dir(BUNDLED_MODEL, model_cache_dir)
+    h = host(model_dir, "gguf", tmp_path / "fresh-kernels")
+    try:
+        with caplog.at_level(logging.WARNING):
+            got = await answers(h)
+        assert h.dtype == "float32" and "Paris" in got["base"][0]
+        assert "runs in float32: the GGUF block kernels cannot serve it (cannot run the C compiler" in caplog.text
+    finally:
+        await h.aclose()
+    with pytest.raises(KernelsUnavailable, match="cannot run the C compiler .*no-such-compiler: No such file"):
+        load(tmp_path / "fresh-kernels")
+    monkeypatch.setenv("CC", "false")  # a compiler that fails
+    with pytest.raises(KernelsUnavailable, match="building them failed"):
+        load(tmp_path / "fresh-kernels")
+
+
+async def test_auto_picks_blocks_for_a_gguf_on_the_cpu_and_gguf_needs_a_gguf(model_cache_dir, tmp_path):
+    pool = HostPool(model_cache_dir.parent)
+    try:
+        bundled = await pool.host_for(ModelSpec(name="smol", backend="local", path=BUNDLED_MODEL, device="cpu"))
+        assert bundled.dtype == "gguf" and bundled.gguf == str(bundled_gguf_path())
+        plain = await pool.host_for(ModelSpec(name="smol", backend="local", path=BUNDLED_MODEL, device="cpu", dtype="float32"))
+        assert plain.dtype == "float32" and plain is not bundled
+        hub = ModelSpec(name="hub", backend="local", path=str(tmp_path), device="cpu", dtype="gguf")
+        with pytest.raises(BackendError, match='dtype "gguf" needs a .gguf file or the bundled model'):
+            await pool.host_for(hub)
+    finally:
+        await pool.aclose()
