@@ -4,12 +4,15 @@ In one run, interleaved so both sides see the same machine load:
   * plain: `model.generate` (fp32, greedy, KV cache), one request after another;
   * ours:  LocalModelHost (the decode loop the bot uses), requests sent concurrently.
 It reports time to first token, single-stream tokens/s, and the wall time of N concurrent
-requests against the time of one. `--memory` instead measures peak RSS of the default bot setup
+requests against the time of one. With `--llamacpp` a third side runs in the same loop: llama.cpp
+(llama-cpp-python, built from source) on the same GGUF file, one request after another, the CPU
+reference the issue names. `--memory` instead measures peak RSS of the default bot setup
 (teacher and student on the bundled model, the student with a LoRA adapter) against one plain
 loaded model, each in a fresh subprocess.
 
     .venv/bin/python bench/generate.py --new-tokens 100 --concurrent 8 --repeats 2
     .venv/bin/python bench/generate.py --memory
+    .venv/bin/python bench/generate.py --llamacpp   # needs llama-cpp-python: see bench/README.md
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backends.base import GenParams, Message, Usage  # noqa: E402
-from backends.bundled import resolve_model_dir  # noqa: E402
+from backends.bundled import bundled_gguf_path, resolve_model_dir  # noqa: E402
 from backends.local import LocalBackend, LocalModelHost  # noqa: E402
 from settings import BUNDLED_MODEL, ModelSpec  # noqa: E402
 
@@ -72,19 +76,53 @@ async def ours_run(backend: LocalBackend, messages: list[Message], params: GenPa
     return first, time.perf_counter() - started, usage.completion_tokens
 
 
+def llamacpp_model(threads: int) -> Any:
+    """llama.cpp on the bundled GGUF itself (the 4-bit file our host dequantises to fp32)."""
+    from llama_cpp import Llama
+
+    return Llama(str(bundled_gguf_path()), n_ctx=2048, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
+
+
+def llamacpp_run(llm: Any, messages: list[Message], new_tokens: int) -> tuple[float, int]:
+    """One greedy llama.cpp chat completion with the same repetition penalty: (seconds, new tokens)."""
+    llm.reset()  # no prompt reuse from the previous request: plain and ours prefill every prompt too
+    started = time.perf_counter()
+    out = llm.create_chat_completion(messages, max_tokens=new_tokens, temperature=0.0, top_k=1, repeat_penalty=1.1)
+    return time.perf_counter() - started, int(out["usage"]["completion_tokens"])
+
+
+async def llamacpp_side(llm: Any, convs: list[list[Message]], new_tokens: int, rows: dict[str, list[float]]) -> None:
+    """llama.cpp's figures, measured like plain's: llama-cpp-python serves one request at a time."""
+    rows.setdefault("llamacpp_ttft", []).append((await asyncio.to_thread(llamacpp_run, llm, convs[0], 1))[0])
+    secs, n = await asyncio.to_thread(llamacpp_run, llm, convs[0], new_tokens)
+    rows.setdefault("llamacpp_tps", []).append(n / secs)
+    rows.setdefault("llamacpp_one", []).append(secs)
+    started = time.perf_counter()
+    for c in convs:
+        await asyncio.to_thread(llamacpp_run, llm, c, new_tokens)
+    rows.setdefault("llamacpp_all", []).append(time.perf_counter() - started)
+
+
 async def bench(args: argparse.Namespace) -> dict[str, object]:
     model_dir = resolve_model_dir(BUNDLED_MODEL, REPO / ".cache" / "models")
-    host = LocalModelHost(model_dir, device="cpu", dtype=args.dtype, max_batch=args.concurrent, batch_window=0.005)
+    host = LocalModelHost(model_dir, device="cpu", dtype=args.dtype, max_batch=args.concurrent, batch_window=0.005,
+                          gguf=str(bundled_gguf_path()), kernel_dir=REPO / ".cache" / "kernels")
     spec = ModelSpec(name="smol", backend="local", path=model_dir, device="cpu")
     backend = LocalBackend(spec, host)
     await host.ensure_loaded()
-    model, tokenizer = host.model, host.tokenizer
+    # plain is the fp32 model as transformers loads it (our host may serve from the GGUF blocks)
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), host.tokenizer
     params = GenParams(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.1)
     convs = asks(args.concurrent)
     # warm both paths first: the host's first request also pays one-off imports (peft), ~0.3 s
     await host.run(lambda: plain_run(model, tokenizer, convs[0], 1))
     await ours_run(backend, convs[0], GenParams(max_new_tokens=1, temperature=0.0))
     rows: dict[str, list[float]] = {k: [] for k in ("plain_ttft", "plain_tps", "plain_one", "plain_all", "ours_ttft", "ours_tps", "ours_one", "ours_all")}
+    llm = llamacpp_model(args.threads) if args.llamacpp else None
+    if llm is not None:
+        await asyncio.to_thread(llamacpp_run, llm, convs[0], 1)
     for _ in range(args.repeats):
         # plain: time to first token is a 1-token generate; the concurrent load runs one after another
         rows["plain_ttft"].append(await host.run(lambda: plain_run(model, tokenizer, convs[0], 1)[0]))
@@ -105,20 +143,20 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         started = time.perf_counter()
         await asyncio.gather(*(ours_run(backend, c, params) for c in convs))
         rows["ours_all"].append(time.perf_counter() - started)
+        if llm is not None:
+            await llamacpp_side(llm, convs, args.new_tokens, rows)
     await host.aclose()
     best = {k: (max(v) if k.endswith("tps") else min(v)) for k, v in rows.items()}
+    sides = ("plain", "ours", "llamacpp") if llm is not None else ("plain", "ours")
     return {
         "new_tokens": args.new_tokens,
         "concurrent": args.concurrent,
-        "dtype": args.dtype,
+        "dtype": host.dtype,
         "threads": torch.get_num_threads(),
         "best": {k: round(v, 3) for k, v in best.items()},
         "all": {k: [round(x, 3) for x in v] for k, v in rows.items()},
-        "ratio_all_over_one": {
-            "plain": round(best["plain_all"] / best["plain_one"], 2),
-            "ours": round(best["ours_all"] / best["ours_one"], 2),
-        },
-        "single_stream_speedup": round(best["ours_tps"] / best["plain_tps"], 2),
+        "ratio_all_over_one": {side: round(best[f"{side}_all"] / best[f"{side}_one"], 2) for side in sides},
+        "single_stream_speedup": {side: round(best[f"{side}_tps"] / best["plain_tps"], 2) for side in sides[1:]},
         "peak_batch": host.peak_batch,
     }
 
@@ -140,9 +178,9 @@ from backends.registry import ModelRegistry
 from settings import ModelSpec
 from tests.tiny import make_lora
 async def main():
-    specs = {{"teacher": ModelSpec(name="teacher", backend="local", path={d!r}, device="cpu"),
-             "smol": ModelSpec(name="smol", backend="local", path={d!r}, device="cpu", trainable=True)}}
-    reg = ModelRegistry(specs, cache_dir=Path({cache!r}))
+    specs = {{"teacher": ModelSpec(name="teacher", backend="local", path={path!r}, device="cpu"),
+             "smol": ModelSpec(name="smol", backend="local", path={path!r}, device="cpu", trainable=True)}}
+    reg = ModelRegistry(specs, cache_dir=Path({models!r}))
     teacher, student = await reg.backend("teacher"), await reg.backend("smol")
     await reg.set_adapter("smol", make_lora({d!r}, Path({cache!r}) / "lora", std=0.05))
     hi = [{{"role": "user", "content": "Hi"}}]
@@ -154,12 +192,13 @@ asyncio.run(main())
 
 
 def memory() -> dict[str, object]:
-    """Peak RSS (MiB) of one plain loaded model, and of a teacher + adapted student on the bundled model."""
+    """Peak RSS (MiB) of one plain loaded model, and of a teacher + adapted student on the bundled model
+    as the bot sets them up (dtype auto: the GGUF blocks on an AVX2 CPU)."""
     model_dir = resolve_model_dir(BUNDLED_MODEL, REPO / ".cache" / "models")
     with tempfile.TemporaryDirectory() as cache:
         out = {}
         for name, code in (("one_model", MEMORY_PLAIN), ("teacher_and_student", MEMORY_BOT)):
-            src = code.format(d=model_dir, repo=str(REPO), cache=cache)
+            src = code.format(d=model_dir, repo=str(REPO), cache=cache, path=BUNDLED_MODEL, models=str(REPO / ".cache" / "models"))
             done = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True)
             out[name] = round(int(done.stdout.split()[-1]) / 1024, 1)
     out["ratio"] = round(out["teacher_and_student"] / out["one_model"], 2)
@@ -172,8 +211,10 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="gguf", choices=["gguf", "float32", "bfloat16"],
+                        help="our host's weights (plain stays fp32): gguf, the bot's CPU default, multiplies by the file's blocks")
     parser.add_argument("--memory", action="store_true", help="measure peak RSS instead")
+    parser.add_argument("--llamacpp", action="store_true", help="also run llama.cpp (llama-cpp-python) on the same GGUF")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
