@@ -155,10 +155,6 @@ def test_the_cli_writes_the_live_adapter_and_says_how_to_serve_it(tiny, tmp_path
     assert "convert_hf_to_gguf.py" in done.stdout and f"--lora {written}" in done.stdout
     assert GGUFReader(written).fields["general.type"].contents() == "adapter"
 
-    older = classroom(cfg, "gguf", "--version", "v1", "--out", str(tmp_path / "out"))
-    assert older.returncode == 0 and (tmp_path / "out" / "kid-v1.lora.gguf").is_file()
-    for args, message in [(("--version", "7"), "kid has no adapter v7"), (("--version", "latest"), "not 'latest'"),
-                          (("--student", "api"), "api is not a local student")]:
-        bad = classroom(cfg, "gguf", *args)
-        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+    bad = classroom(cfg, "gguf", "--version", "7")
+    assert bad.returncode == 2 and "kid has no adapter v7" in bad.stderr, bad.stderr
     assert json.loads((tmp_path / "a1" / "adapter_config.json").read_text())["r"] == 4  # the adapters are untouched

@@ -10,7 +10,10 @@ peft still wraps the layers (a BlockLinear is an nn.Linear), so LoRA students wo
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,33 @@ def read_blocks(gguf: Path | str) -> tuple[str, dict[str, Blocks]]:
     return arch, found
 
 
+def cached_blocks(gguf: Path | str, cache_dir: Path) -> tuple[str, dict[str, Blocks]]:
+    """`read_blocks`, through a safetensors copy in `cache_dir`: the GGUF reader parses the whole
+    vocabulary (~8 s for the bundled file), the copy loads in a fraction of a second."""
+    from safetensors.torch import load_file, save_file
+
+    from backends.bundled import converted_dir_name
+
+    path = Path(cache_dir) / f"blocks-{converted_dir_name(Path(gguf))}.safetensors"
+    if path.is_file():
+        tensors = load_file(str(path))
+        with open(path, "rb") as f:  # the header holds the metadata; safetensors.torch does not return it
+            meta = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))["__metadata__"]
+        kinds = json.loads(meta["kinds"])
+        return meta["arch"], {
+            name: Blocks(kind, tensors[f"{name}.q"], tensors[f"{name}.d"], tensors.get(f"{name}.m"),
+                         int(tensors[f"{name}.d"].shape[0]), int(tensors[f"{name}.d"].shape[1]) * 32)
+            for name, kind in kinds.items()
+        }
+    arch, blocks = read_blocks(gguf)
+    flat = {f"{n}.{part}": t for n, b in blocks.items() for part, t in (("q", b.q), ("d", b.d), ("m", b.m)) if t is not None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    save_file(flat, str(partial), metadata={"arch": arch, "kinds": json.dumps({n: b.kind for n, b in blocks.items()})})
+    partial.replace(path)
+    return arch, blocks
+
+
 def use_gguf_blocks(model: Any, gguf: Path | str, cache_dir: Path) -> str:
     """Swap the linear layers of a converted llama-architecture `model` for BlockLinear layers; returns a summary.
 
@@ -126,7 +156,7 @@ def use_gguf_blocks(model: Any, gguf: Path | str, cache_dir: Path) -> str:
     config = model.config
     if (config.architectures or [""])[0] != "LlamaForCausalLM":
         raise ValueError(f"GGUF blocks serve llama-architecture models only, not {config.architectures}")
-    arch, blocks = read_blocks(gguf)
+    arch, blocks = cached_blocks(gguf, cache_dir)
     if arch != "llama":
         raise ValueError(f"{gguf} is a {arch} model; GGUF blocks serve llama models only")
     names = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
