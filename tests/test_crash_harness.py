@@ -60,7 +60,7 @@ async def test_an_interrupted_lesson_says_so_and_its_starter_resumes_it(classroo
 # ---- the SIGKILL harness
 
 SOAK = os.environ.get("CLASSROOM_SOAK") == "1"
-KILLS = int(os.environ.get("CLASSROOM_CRASH_KILLS", "200" if SOAK else "20"))
+KILLS = int(os.environ.get("CLASSROOM_CRASH_KILLS", "200" if SOAK else "12"))
 
 
 @dataclass
