@@ -20,6 +20,38 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
+/* acc += block b's 32 weights w0..w3 times each row's 32 activations. One row keeps four
+   accumulators (four independent FMA chains, which FMA latency would otherwise stall); several
+   rows keep one each and their chains interleave. Shared by the Q4_1 and Q8_0 kernels, which
+   differ only in how they rebuild w0..w3; it uses their locals (x, R, K, b, w0..w3, acc). */
+#define ACCUMULATE_BLOCK()                                                      \
+    do {                                                                        \
+        if (R == 1) {                                                           \
+            const float *xr = x + b * 32;                                       \
+            acc[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[0]);          \
+            acc[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[1]);      \
+            acc[2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[2]);     \
+            acc[3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[3]);     \
+            break;                                                              \
+        }                                                                       \
+        for (int r = 0; r < R; r++) {                                           \
+            const float *xr = x + r * K + b * 32;                               \
+            __m256 a = acc[r];                                                  \
+            a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a);                    \
+            a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), a);                \
+            a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), a);               \
+            a = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), a);               \
+            acc[r] = a;                                                         \
+        }                                                                       \
+    } while (0)
+
+/* out[r, n] for each row from its accumulators (one row: the sum of its four); uses acc, R, N, n, out. */
+#define STORE_ROW()                                                                                   \
+    do {                                                                                              \
+        if (R == 1) acc[0] = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])); \
+        for (int r = 0; r < R; r++) out[r * N + n] = hsum(acc[r]);                                    \
+    } while (0)
+
 /* out[r, n] = sum_k x[r, k] * w[n, k] for rows r0..r0+R (R <= 8), with w stored as Q4_1 blocks of 32:
    w = d * q + m (q in 0..15: the low nibbles of qs hold elements 0..15, the high ones 16..31). */
 static inline __attribute__((always_inline)) void q4_1_rows(const float *x, int64_t R, int64_t K, const uint8_t *qs, const float *d, const float *m,
@@ -38,26 +70,9 @@ static inline __attribute__((always_inline)) void q4_1_rows(const float *x, int6
             __m256 w1 = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)))), mv);
             __m256 w2 = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi))), mv);
             __m256 w3 = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))), mv);
-            if (R == 1) {
-                const float *xr = x + b * 32;
-                acc[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[0]);
-                acc[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[1]);
-                acc[2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[2]);
-                acc[3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[3]);
-                continue;
-            }
-            for (int r = 0; r < R; r++) {
-                const float *xr = x + r * K + b * 32;
-                __m256 a = acc[r];
-                a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a);
-                a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), a);
-                a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), a);
-                a = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), a);
-                acc[r] = a;
-            }
+            ACCUMULATE_BLOCK();
         }
-        if (R == 1) acc[0] = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        for (int r = 0; r < R; r++) out[r * N + n] = hsum(acc[r]);
+        STORE_ROW();
     }
 }
 
@@ -77,26 +92,9 @@ static inline __attribute__((always_inline)) void q8_0_rows(const float *x, int6
             __m256 w1 = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a0, 8))));
             __m256 w2 = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a1)));
             __m256 w3 = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a1, 8))));
-            if (R == 1) {
-                const float *xr = x + b * 32;
-                acc[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[0]);
-                acc[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[1]);
-                acc[2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[2]);
-                acc[3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[3]);
-                continue;
-            }
-            for (int r = 0; r < R; r++) {
-                const float *xr = x + r * K + b * 32;
-                __m256 a = acc[r];
-                a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a);
-                a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), a);
-                a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), a);
-                a = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), a);
-                acc[r] = a;
-            }
+            ACCUMULATE_BLOCK();
         }
-        if (R == 1) acc[0] = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        for (int r = 0; r < R; r++) out[r * N + n] = hsum(acc[r]);
+        STORE_ROW();
     }
 }
 
