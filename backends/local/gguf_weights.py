@@ -13,7 +13,6 @@ import ctypes
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +118,7 @@ def read_blocks(gguf: Path | str) -> tuple[str, dict[str, Blocks]]:
 def cached_blocks(gguf: Path | str, cache_dir: Path) -> tuple[str, dict[str, Blocks]]:
     """`read_blocks`, through a safetensors copy in `cache_dir`: the GGUF reader parses the whole
     vocabulary (~8 s for the bundled file), the copy loads in a fraction of a second."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from backends.bundled import converted_dir_name
@@ -126,8 +126,8 @@ def cached_blocks(gguf: Path | str, cache_dir: Path) -> tuple[str, dict[str, Blo
     path = Path(cache_dir) / f"blocks-{converted_dir_name(Path(gguf))}.safetensors"
     if path.is_file():
         tensors = load_file(str(path))
-        with open(path, "rb") as f:  # the header holds the metadata; safetensors.torch does not return it
-            meta = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))["__metadata__"]
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
         kinds = json.loads(meta["kinds"])
         return meta["arch"], {
             name: Blocks(kind, tensors[f"{name}.q"], tensors[f"{name}.d"], tensors.get(f"{name}.m"),
