@@ -46,7 +46,7 @@ def q8_0(n_out: int, n_in: int, seed: int) -> tuple[Blocks, torch.Tensor]:
 
 
 @pytest.mark.parametrize("make", [q4_1, q8_0])
-@pytest.mark.parametrize("rows", [1, 3, 8, 13, 40])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 40, 100])  # 2 × 100 rows: past KERNEL_ROWS, the dequantised path
 def test_block_products_equal_fp32_products_on_the_same_weights(make, rows, model_cache_dir):
     blocks, weight = make(96, 160, seed=rows)
     like = torch.empty(0)

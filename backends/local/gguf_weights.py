@@ -23,9 +23,12 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-DECODE_ROWS = 16
-"""Products with at most this many rows (decode steps) use the block kernels; longer ones (a
-prompt's prefill, compute-bound) dequantise the layer and use torch's matmul."""
+KERNEL_ROWS = 128
+"""Products with at most this many rows (decode steps, and the prefill of a prompt up to this
+many tokens) use the block kernels; longer prompts dequantise the layer and use torch's matmul.
+Measured on a 2-core AVX2 CPU: a 36-token prompt prefilled in 0.25 s through the kernels against
+0.42 s dequantising; at 192 tokens the two were even, and at 678 tokens dequantising won (2.5 s
+against 3.4 s)."""
 
 
 @dataclass
@@ -73,7 +76,7 @@ class BlockLinear(nn.Linear):
         shape = x.shape
         flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
         rows = flat.shape[0]
-        if rows > DECODE_ROWS:
+        if rows > KERNEL_ROWS:
             out = torch.nn.functional.linear(flat, self.dequantise())
         else:
             b = self.blocks
