@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -55,15 +56,25 @@ def asks(n: int) -> list[list[Message]]:
     return [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(n)]
 
 
+PLAIN_THREADS = 1
+"""torch's threads for the plain side (--threads): our host gives the cores to its kernels and
+leaves torch one thread, so plain sets its own count around each call."""
+
+
 def plain_run(model: object, tokenizer: object, messages: list[Message], new_tokens: int) -> tuple[float, int]:
     """One plain transformers.generate call: (seconds, new tokens)."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)  # type: ignore[attr-defined]
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(  # type: ignore[attr-defined]
-            **ids, max_new_tokens=new_tokens, do_sample=False, repetition_penalty=1.1
-        )
-    return time.perf_counter() - started, int(out.shape[1] - ids["input_ids"].shape[1])
+    host_threads = torch.get_num_threads()
+    torch.set_num_threads(PLAIN_THREADS)
+    try:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(  # type: ignore[attr-defined]
+                **ids, max_new_tokens=new_tokens, do_sample=False, repetition_penalty=1.1
+            )
+        return time.perf_counter() - started, int(out.shape[1] - ids["input_ids"].shape[1])
+    finally:
+        torch.set_num_threads(host_threads)
 
 
 async def ours_run(backend: LocalBackend, messages: list[Message], params: GenParams) -> tuple[float, float, int]:
@@ -152,7 +163,8 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "new_tokens": args.new_tokens,
         "concurrent": args.concurrent,
         "dtype": host.dtype,
-        "threads": torch.get_num_threads(),
+        "threads": PLAIN_THREADS,
+        "torch_threads_ours": torch.get_num_threads(),
         "best": {k: round(v, 3) for k, v in best.items()},
         "all": {k: [round(x, 3) for x in v] for k, v in rows.items()},
         "ratio_all_over_one": {side: round(best[f"{side}_all"] / best[f"{side}_one"], 2) for side in sides},
@@ -217,7 +229,10 @@ def main() -> None:
     parser.add_argument("--llamacpp", action="store_true", help="also run llama.cpp (llama-cpp-python) on the same GGUF")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
+    global PLAIN_THREADS
+    PLAIN_THREADS = args.threads
     torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the GGUF kernels' pool (torch read it at import)
     result = memory() if args.memory else asyncio.run(bench(args))
     result["cpu_seconds"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_utime, 1)
     text = json.dumps(result, indent=2)

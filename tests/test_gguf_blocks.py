@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,28 @@ def test_block_products_equal_fp32_products_on_the_same_weights(make, rows, mode
     assert torch.equal(layer.dequantise(), weight)  # bit for bit the weights transformers would hold
     x = torch.randn(2, rows, 160)
     torch.testing.assert_close(layer(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [q4_1, q8_0])
+def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(make, model_cache_dir):
+    # 1001 output columns: the shares are multiples of 8 columns, so the last one is cut short
+    blocks, weight = make(1001, 320, seed=5)
+    lib = load(model_cache_dir.parent / "kernels")
+    layer = BlockLinear(blocks, lib, torch.empty(0))
+    x = torch.randn(8, 320)
+    try:
+        assert lib.qmm_set_threads(1) == 1
+        alone = layer(x)
+        assert lib.qmm_set_threads(3) == 3
+        pooled = layer(x)
+        # two callers at once: one gets the pool, the other computes its product by itself
+        with ThreadPoolExecutor(2) as ex:
+            together = list(ex.map(lambda _: [layer(x) for _ in range(20)], range(2)))
+    finally:
+        lib.qmm_set_threads(torch.get_num_threads())
+    torch.testing.assert_close(alone, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert torch.equal(pooled, alone)
+    assert all(torch.equal(out, alone) for outs in together for out in outs)
 
 
 def host(model_dir: str, dtype: str, kernel_dir: Path, **kw) -> LocalModelHost:

@@ -24,11 +24,23 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 KERNEL_ROWS = 128
-"""Products with at most this many rows (decode steps, and the prefill of a prompt up to this
-many tokens) use the block kernels; longer prompts dequantise the layer and use torch's matmul.
-Measured on a 2-core AVX2 CPU: a 36-token prompt prefilled in 0.25 s through the kernels against
-0.42 s dequantising; at 192 tokens the two were even, and at 678 tokens dequantising won (2.5 s
-against 3.4 s)."""
+"""With a single kernel thread, products with more rows than this (prompts longer than this many
+tokens) dequantise the layer and use torch's matmul; with more threads everything goes through
+the kernels. Measured on a 2-core AVX2 CPU with one kernel thread: a 36-token prompt prefilled in
+0.25 s through the kernels against 0.42 s dequantising, even at 192 tokens, and at 678 tokens
+dequantising won (2.5 s against 3.4 s). With two kernel threads the kernels won at every length
+(0.63 s against 0.94 s at 192 tokens, 2.9 s against 3.1 s at 678, 8.1 s against 8.4 s at 1,650)."""
+
+
+def kernel_threads() -> int:
+    """How many threads the kernels use: OMP_NUM_THREADS when set, else every CPU this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -52,8 +64,9 @@ class Blocks:
 class BlockLinear(nn.Linear):
     """A bias-free linear layer computed from GGUF blocks; `weight` is an empty placeholder."""
 
-    def __init__(self, blocks: Blocks, lib: ctypes.CDLL, like: torch.Tensor):
+    def __init__(self, blocks: Blocks, lib: ctypes.CDLL, like: torch.Tensor, threads: int = 1):
         nn.Module.__init__(self)
+        self.threads = threads  # the kernels' pool size (see KERNEL_ROWS)
         self.in_features, self.out_features = blocks.in_features, blocks.out_features
         self.blocks = blocks
         self._lib = lib
@@ -76,7 +89,7 @@ class BlockLinear(nn.Linear):
         shape = x.shape
         flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
         rows = flat.shape[0]
-        if rows > KERNEL_ROWS:
+        if rows > KERNEL_ROWS and self.threads == 1:
             out = torch.nn.functional.linear(flat, self.dequantise())
         else:
             b = self.blocks
@@ -165,6 +178,7 @@ def use_gguf_blocks(model: Any, gguf: Path | str, cache_dir: Path) -> str:
     names = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     swapped, kept = 0, []
+    threads = _share_the_cores(lib)
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if type(child) is not nn.Linear or child.bias is not None:
@@ -181,7 +195,7 @@ def use_gguf_blocks(model: Any, gguf: Path | str, cache_dir: Path) -> str:
                 found = found.rows(_hf_row_order(found.out_features, n_head))
             elif gguf_name and gguf_name.endswith(".attn_k"):
                 found = found.rows(_hf_row_order(found.out_features, n_kv))
-            layer = BlockLinear(found, lib, child.weight)
+            layer = BlockLinear(found, lib, child.weight, threads)
             if not torch.equal(layer.dequantise(), child.weight.detach().float().cpu()):
                 kept.append(hf_name)  # not the weights this model was converted from: keep them
                 continue
@@ -191,7 +205,25 @@ def use_gguf_blocks(model: Any, gguf: Path | str, cache_dir: Path) -> str:
         log.info("kept fp32 for %d linear layers without matching GGUF blocks: %s", len(kept), ", ".join(kept[:5]))
     if not swapped:
         raise ValueError(f"no linear layer of the model matches the blocks in {gguf}")
-    return f"{swapped} linear layers on GGUF blocks, {len(kept)} in fp32"
+    return f"{swapped} linear layers on GGUF blocks ({threads} kernel threads), {len(kept)} in fp32"
+
+
+def _share_the_cores(lib: ctypes.CDLL) -> int:
+    """Give the kernels' pool the cores and leave torch one thread; returns the pool's size.
+
+    With blocks, the products are almost all of a step's work and the pool parallelises them;
+    torch's remaining ops (norms, attention, rotary) are tiny at decode time. Both at once is far
+    worse than either: torch's OpenMP threads and the pool's workers spin on the same cores
+    (bench/generate.py on 2 cores: one request 7.6 tok/s with both at 2 threads; 25.7 tok/s and 8
+    concurrent requests in 10.6 s with both at 1; 25.9 tok/s and 8.2 s with the pool at 2 and
+    torch at 1). torch's thread count is process-wide, so this also applies to
+    any other CPU model the process serves; set OMP_NUM_THREADS to choose the pool's size.
+    """
+    threads = lib.qmm_set_threads(kernel_threads())
+    if threads > 1 and torch.get_num_threads() != 1:
+        log.info("GGUF kernels on %d threads; torch's own ops now run on one thread", threads)
+        torch.set_num_threads(1)
+    return threads
 
 
 def _hf_row_order(n_rows: int, n_head: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("qmm.c")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
 _lock = threading.Lock()
 _loaded: dict[Path, ctypes.CDLL] = {}
 
@@ -79,5 +79,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.q8_0_mm.argtypes = [p, i, i, p, p, i, p]
     lib.q4_1_dequant.argtypes = [p, p, p, i, i, p]
     lib.q8_0_dequant.argtypes = [p, p, i, i, p]
+    lib.qmm_set_threads.argtypes = [ctypes.c_int]
+    lib.qmm_set_threads.restype = ctypes.c_int
     for fn in (lib.q4_1_mm, lib.q8_0_mm, lib.q4_1_dequant, lib.q8_0_dequant):
         fn.restype = None

@@ -6,10 +6,12 @@
    (d * q + m, in fp32), so the weights are the fp32 model's own; only the order of the sums differs.
 
    Built at run time by backends/local/kernels/__init__.py (gcc -O3 -mavx2 -mfma) and called through
-   ctypes, which releases the GIL. Single-threaded: on the 2-vCPU machines measured, one thread
-   decoded fastest. */
+   ctypes, which releases the GIL. A product is split by output columns among a small thread pool
+   (qmm_set_threads; the host gives it torch's thread count). */
 
 #include <immintrin.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 static inline float hsum(__m256 v) {
@@ -98,23 +100,133 @@ static inline __attribute__((always_inline)) void q8_0_rows(const float *x, int6
     }
 }
 
-/* Entry points: x [M, K] row-major fp32, out [M, N]; rows are taken 8 at a time. */
-void q4_1_mm(const float *x, int64_t M, int64_t K, const uint8_t *qs, const float *d, const float *m, int64_t N, float *out) {
+/* One product, split by output columns among the pool's threads. */
+typedef struct {
+    int kind; /* 0: Q4_1, 1: Q8_0 */
+    const float *x;
+    int64_t M, K;
+    const void *qs;
+    const float *d, *m;
+    int64_t N;
+    float *out;
+} Job;
+
+/* Columns n0..n1 of `job` for all its rows, taken 8 at a time. */
+static void job_columns(const Job *job, int64_t n0, int64_t n1) {
+    const int64_t M = job->M, K = job->K, N = job->N;
     for (int64_t r0 = 0; r0 < M; r0 += 8) {
         int64_t R = M - r0 < 8 ? M - r0 : 8;
-        if (R == 8) q4_1_rows(x + r0 * K, 8, K, qs, d, m, 0, N, N, out + r0 * N);
-        else if (R == 1) q4_1_rows(x + r0 * K, 1, K, qs, d, m, 0, N, N, out + r0 * N);
-        else q4_1_rows(x + r0 * K, R, K, qs, d, m, 0, N, N, out + r0 * N);
+        const float *x = job->x + r0 * K;
+        float *out = job->out + r0 * N;
+        if (job->kind == 0) {
+            const uint8_t *qs = job->qs;
+            if (R == 8) q4_1_rows(x, 8, K, qs, job->d, job->m, n0, n1, N, out);
+            else if (R == 1) q4_1_rows(x, 1, K, qs, job->d, job->m, n0, n1, N, out);
+            else q4_1_rows(x, R, K, qs, job->d, job->m, n0, n1, N, out);
+        } else {
+            const int8_t *qs = job->qs;
+            if (R == 8) q8_0_rows(x, 8, K, qs, job->d, n0, n1, N, out);
+            else if (R == 1) q8_0_rows(x, 1, K, qs, job->d, n0, n1, N, out);
+            else q8_0_rows(x, R, K, qs, job->d, n0, n1, N, out);
+        }
     }
 }
 
-void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float *d, int64_t N, float *out) {
-    for (int64_t r0 = 0; r0 < M; r0 += 8) {
-        int64_t R = M - r0 < 8 ? M - r0 : 8;
-        if (R == 8) q8_0_rows(x + r0 * K, 8, K, qs, d, 0, N, N, out + r0 * N);
-        else if (R == 1) q8_0_rows(x + r0 * K, 1, K, qs, d, 0, N, N, out + r0 * N);
-        else q8_0_rows(x + r0 * K, R, K, qs, d, 0, N, N, out + r0 * N);
+/* The thread pool. A product's output columns are split into one contiguous share per thread;
+   the calling thread computes share 0 and the workers the others, so every column is computed by
+   the same code whatever the thread count and the results do not depend on it. Workers spin a
+   little after each share (a decode step calls the kernels 211 times, a few microseconds apart)
+   and then sleep on a condition variable. One product at a time uses the pool: a second caller
+   (another model's worker thread) computes its product alone instead of waiting. */
+#define MAX_THREADS 64
+#define SPINS 20000
+static int pool_threads = 1; /* started, the caller's included */
+static int pool_active = 1;  /* used per product (qmm_set_threads may lower it) */
+static pthread_t workers[MAX_THREADS];
+static Job pool_job;
+static atomic_long pool_generation;
+static atomic_int pool_pending;
+static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t pool_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER;
+
+static void share(const Job *job, int part, int parts) {
+    /* shares are whole multiples of 8 columns, so no two threads write one cache line of a row */
+    int64_t chunks = (job->N + 7) / 8;
+    int64_t n0 = chunks * part / parts * 8, n1 = chunks * (part + 1) / parts * 8;
+    if (n1 > job->N) n1 = job->N;
+    if (n0 < n1) job_columns(job, n0, n1);
+}
+
+static void *pool_worker(void *arg) {
+    const int part = (int)(intptr_t)arg;
+    long seen = 0;
+    for (;;) {
+        long now = atomic_load_explicit(&pool_generation, memory_order_acquire);
+        for (int spin = 0; now == seen && spin < SPINS; spin++) {
+            _mm_pause();
+            now = atomic_load_explicit(&pool_generation, memory_order_acquire);
+        }
+        if (now == seen) {
+            pthread_mutex_lock(&pool_mutex);
+            while ((now = atomic_load_explicit(&pool_generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&pool_wake, &pool_mutex);
+            pthread_mutex_unlock(&pool_mutex);
+        }
+        seen = now;
+        if (part < pool_active) {
+            share(&pool_job, part, pool_active);
+            atomic_fetch_sub_explicit(&pool_pending, 1, memory_order_release);
+        }
     }
+    return NULL;
+}
+
+/* Use `n` threads (the caller's included) from now on; returns the count in effect. Threads are
+   started as needed and never stopped: a lower count leaves the extra ones asleep. */
+int qmm_set_threads(int n) {
+    if (n < 1) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    pthread_mutex_lock(&pool_busy);
+    for (int t = pool_threads; t < n; t++) {
+        if (pthread_create(&workers[t], NULL, pool_worker, (void *)(intptr_t)t) != 0) { n = t; break; }
+        pthread_detach(workers[t]);
+        pool_threads = t + 1;
+    }
+    pool_active = n;
+    pthread_mutex_unlock(&pool_busy);
+    return n;
+}
+
+/* Products smaller than this many multiply-adds run on the calling thread alone: waking the
+   workers costs more than it saves. */
+#define POOL_MIN_WORK (1 << 18)
+
+static void run_job(const Job *job) {
+    if (pool_active == 1 || job->M * job->K * job->N < POOL_MIN_WORK || pthread_mutex_trylock(&pool_busy) != 0) {
+        job_columns(job, 0, job->N);
+        return;
+    }
+    pool_job = *job;
+    atomic_store_explicit(&pool_pending, pool_active - 1, memory_order_relaxed);
+    pthread_mutex_lock(&pool_mutex);
+    atomic_fetch_add_explicit(&pool_generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool_wake);
+    pthread_mutex_unlock(&pool_mutex);
+    share(job, 0, pool_active);
+    while (atomic_load_explicit(&pool_pending, memory_order_acquire) > 0) _mm_pause();
+    pthread_mutex_unlock(&pool_busy);
+}
+
+/* Entry points: x [M, K] row-major fp32, out [M, N]. */
+void q4_1_mm(const float *x, int64_t M, int64_t K, const uint8_t *qs, const float *d, const float *m, int64_t N, float *out) {
+    Job job = {0, x, M, K, qs, d, m, N, out};
+    run_job(&job);
+}
+
+void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float *d, int64_t N, float *out) {
+    Job job = {1, x, M, K, qs, d, NULL, N, out};
+    run_job(&job);
 }
 
 /* Whole fp32 weights [N, K] from Q4_1 blocks, for products with many rows (a prompt's prefill). */
