@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +22,9 @@ from backends.local.gguf_weights import BlockLinear, Blocks
 from backends.local.kernels import KernelsUnavailable, cpu_supported, load
 from backends.local.pool import HostPool
 from settings import BUNDLED_MODEL, ModelSpec
+from tests.conftest import REPO
 from tests.tiny import build_tiny_model, make_lora
+from trainer.gate import serving_blocks
 
 pytestmark = pytest.mark.skipif(cpu_supported() is not None, reason=f"{cpu_supported()}")
 
@@ -155,3 +160,21 @@ async def test_auto_picks_blocks_for_a_gguf_on_the_cpu_and_gguf_needs_a_gguf(mod
             await pool.host_for(hub)
     finally:
         await pool.aclose()
+
+
+@pytest.mark.slow
+def test_the_gates_exam_runs_on_the_blocks_the_student_is_served_from(model_cache_dir, tmp_path):
+    kernels = model_cache_dir.parent / "kernels"
+    bundled = ModelSpec(name="smol", backend="local", path=BUNDLED_MODEL, device="cpu")
+    assert serving_blocks(bundled, model_cache_dir.parent) == {"gguf": str(bundled_gguf_path()), "kernel_dir": str(kernels)}
+    assert serving_blocks(bundled.model_copy(update={"dtype": "float32"}), model_cache_dir.parent) == {}
+    job = {"base_model": resolve_model_dir(BUNDLED_MODEL, model_cache_dir), "variants": {"before": None},
+           "system": "You are Smol (student). Answer briefly and accurately.", "max_new_tokens": 12, **serving_blocks(bundled, model_cache_dir.parent),
+           "items": [{"question": "What is the capital of France?", "answer": "Paris", "split": "control"}]}
+    (tmp_path / "eval.json").write_text(json.dumps(job))
+    run = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--job", str(tmp_path / "eval.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "211 linear layers on GGUF blocks" in run.stderr
+    done = json.loads(run.stdout.splitlines()[-1])
+    assert done["event"] == "done" and done["results"]["before"]["control"] == 1.0, done

@@ -1,6 +1,7 @@
 """The evaluation gate's exam, run as a subprocess: `python -m trainer.evaluate --job EVAL.json`.
 
-The job names a base model, a few variants (None for the base weights, else an adapter
+The job names a base model (and, when the bot serves it from a GGUF file's blocks, that file and
+the kernels' directory, so the exam runs on the same kernels), a few variants (None for the base weights, else an adapter
 directory), and quiz items. Every variant answers every item greedily, exactly as a
 member's /ask would (same system prompt, no notes, no lesson context), and the answers
 are graded against their references. One JSON object per line goes to stdout:
@@ -25,8 +26,10 @@ def _emit(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def load(base_model: str, variants: dict[str, str | None], device: str = "auto") -> tuple[Any, Any, str]:
-    """The base model with every variant's adapter loaded under the variant's name."""
+def load(base_model: str, variants: dict[str, str | None], device: str = "auto", gguf: str | None = None,
+         kernel_dir: str | None = None) -> tuple[Any, Any, str]:
+    """The base model with every variant's adapter loaded under the variant's name; with `gguf`, on
+    that file's blocks as the bot serves it (fp32 if the kernels cannot run, said on stderr)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,6 +41,14 @@ def load(base_model: str, variants: dict[str, str | None], device: str = "auto")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(dev)
+    if gguf and kernel_dir and dev == "cpu":
+        from backends.local.gguf_weights import use_gguf_blocks
+        from backends.local.kernels import KernelsUnavailable
+
+        try:
+            print(use_gguf_blocks(model, gguf, Path(kernel_dir)), file=sys.stderr)
+        except (KernelsUnavailable, ValueError, OSError) as e:
+            print(f"GGUF blocks unavailable, evaluating in fp32: {e}", file=sys.stderr)
     first = True
     for name, path in variants.items():
         if path is None:
@@ -91,7 +102,8 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     """Answer and grade every item with every variant; accuracy per split."""
     variants: dict[str, str | None] = job["variants"]
     items: list[dict[str, Any]] = job["items"]
-    model, tokenizer, dev = load(job["base_model"], variants, job.get("device", "auto"))
+    model, tokenizer, dev = load(job["base_model"], variants, job.get("device", "auto"), job.get("gguf"),
+                                 job.get("kernel_dir"))
     results: dict[str, Any] = {}
     for variant, adapter in variants.items():
         started = time.monotonic()

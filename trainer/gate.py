@@ -42,7 +42,8 @@ async def evaluate(app: AppContext, student: str, base_dir: str, before: str | N
     items = await app.store.call(heldout_items, student)
     items += [{**c, "id": f"control-{i}", "split": "control"} for i, c in enumerate(quiz_items.control_set())]
     job = {"base_model": base_dir, "variants": {"before": before, "after": after},
-           "system": prompts.ask(app.models.spec(student).display_name)[0]["content"], "items": items}
+           "system": prompts.ask(app.models.spec(student).display_name)[0]["content"], "items": items,
+           **serving_blocks(app.models.spec(student), app.settings.cache_dir)}
     await asyncio.to_thread((run_dir / "eval.json").write_text, json.dumps(job, indent=2), "utf-8")
     run = await run_module("trainer.evaluate", ["--job", str(run_dir / "eval.json")])
     if run.returncode != 0 or run.last.get("event") != "done":
@@ -51,6 +52,19 @@ async def evaluate(app: AppContext, student: str, base_dir: str, before: str | N
     results = run.last["results"]
     await asyncio.to_thread((run_dir / "eval_results.json").write_text, json.dumps(results, indent=2), "utf-8")
     return {k: {"topic": r["topic"], "control": r["control"]} for k, r in results.items()}
+
+
+def serving_blocks(spec: Any, cache_dir: Path) -> dict[str, str]:
+    """The GGUF file and kernel directory when the live student is served from GGUF blocks (as the
+    bundled one is on an AVX2 CPU), so the exam answers on the same weights and kernels; else {}."""
+    from backends.local.host import resolve_device
+    from backends.local.kernels import cpu_supported
+    from backends.local.pool import source_gguf
+
+    gguf = source_gguf(spec.path or "")
+    if gguf is None or spec.dtype not in ("auto", "gguf") or resolve_device(spec.device) != "cpu" or cpu_supported():
+        return {}
+    return {"gguf": gguf, "kernel_dir": str(Path(cache_dir) / "kernels")}
 
 
 def heldout_items(db: Any, student: str) -> list[dict[str, Any]]:
