@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from backends.base import GenParams  # noqa: E402
 from backends.bundled import resolve_model_dir  # noqa: E402
-from backends.local import LocalBackend, LocalModelHost  # noqa: E402
+from backends.local import LocalBackend  # noqa: E402
+from backends.local.pool import HostPool  # noqa: E402
 from settings import BUNDLED_MODEL, ModelSpec  # noqa: E402
 from storage.db import AsyncStore, migrate, open_db  # noqa: E402
 from storage.votes import toggle_vote  # noqa: E402
@@ -69,8 +71,11 @@ def training_job(tmp: Path, model_dir: Path | str) -> Path:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     model_dir = resolve_model_dir(BUNDLED_MODEL, REPO / ".cache" / "models")
-    host = LocalModelHost(model_dir, device="cpu", max_batch=args.max_batch, batch_window=0.005)
-    spec = ModelSpec(name="smol", backend="local", path=model_dir, device="cpu")
+    # the host as the bot builds it (dtype auto: the GGUF blocks and their thread pool on an AVX2 CPU)
+    pool = HostPool(REPO / ".cache")
+    spec = ModelSpec(name="smol", backend="local", path=BUNDLED_MODEL, device="cpu", max_batch=args.max_batch,
+                     batch_window_ms=5)
+    host = await pool.host_for(spec)
     backend = LocalBackend(spec, host)
     await host.ensure_loaded()
     params = GenParams(max_new_tokens=args.new_tokens, temperature=0.0)
@@ -107,7 +112,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             trainer.cancel()  # run_module kills the subprocess's process group
             await asyncio.gather(trainer, return_exceptions=True)
         await asyncio.to_thread(store.close)
-    await host.aclose()
+    await pool.aclose()
     ms = sorted(x * 1000 for x in lags)
     return {
         "samples": len(ms),
@@ -120,7 +125,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "wall_s": round(wall, 1),
         "asks": args.asks,
         "new_tokens": args.new_tokens,
-        "threads": torch.get_num_threads(),
+        "threads": args.threads,
+        "dtype": host.dtype,
         "training_steps_during_run": sum(1 for e in steps if e.get("event") == "progress"),
     }
 
@@ -136,6 +142,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the GGUF kernels' pool (torch read it at import)
     result = asyncio.run(run(args))
     text = json.dumps(result, indent=2)
     print(text)

@@ -11,8 +11,10 @@
 
 #include <immintrin.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -132,52 +134,67 @@ static void job_columns(const Job *job, int64_t n0, int64_t n1) {
     }
 }
 
-/* The thread pool. A product's output columns are split into one contiguous share per thread;
-   the calling thread computes share 0 and the workers the others, so every column is computed by
-   the same code whatever the thread count and the results do not depend on it. Workers spin a
-   little after each share (a decode step calls the kernels 211 times, a few microseconds apart)
-   and then sleep on a condition variable. One product at a time uses the pool: a second caller
-   (another model's worker thread) computes its product alone instead of waiting. */
+/* The thread pool. A product's output columns are cut into chunks of whole groups of 8 columns,
+   and every thread (the caller included) takes the next chunk until none is left. Each column is
+   computed by the same code whichever thread takes it, so results do not depend on the thread
+   count. Nobody waits on a thread that is not running: when other processes hold the cores (a
+   training job, say), a worker may be preempted, and the caller then takes the chunks that
+   worker would have taken; it only ever waits for chunks already being computed, yielding its
+   core while it does. Workers spin briefly after each product (a decode step calls the kernels
+   211 times, microseconds apart), then sleep. One product at a time uses the pool: a second
+   caller (another model's worker thread) computes its product alone instead of waiting. */
 #define MAX_THREADS 64
-#define SPINS 20000
+#define WORKER_SPINS 4000 /* polls (with pause) before a worker sleeps */
+#define WAIT_SPINS 200    /* polls before a waiting caller yields its core */
+#define CHUNKS_PER_THREAD 4
 static int pool_threads = 1; /* started, the caller's included */
 static int pool_active = 1;  /* used per product (qmm_set_threads may lower it) */
-static pthread_t workers[MAX_THREADS];
 static Job pool_job;
-static atomic_long pool_generation;
-static atomic_int pool_pending;
+static int64_t pool_chunk, pool_chunks; /* columns per chunk, chunks in the job */
+/* (generation << 32) | chunks not yet claimed. A chunk is claimed by counting this down while its
+   job's generation is current, so a late worker of an earlier product can claim nothing. */
+static _Atomic uint64_t pool_ticket;
+static atomic_long pool_done;
 static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t pool_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER;
 
-static void share(const Job *job, int part, int parts) {
-    /* shares are whole multiples of 8 columns, so no two threads write one cache line of a row */
-    int64_t chunks = (job->N + 7) / 8;
-    int64_t n0 = chunks * part / parts * 8, n1 = chunks * (part + 1) / parts * 8;
-    if (n1 > job->N) n1 = job->N;
-    if (n0 < n1) job_columns(job, n0, n1);
+/* Claim and compute chunks of generation `gen` until none is left or the job has moved on;
+   returns how many this thread computed. */
+static long take_chunks(uint64_t gen) {
+    long taken = 0;
+    uint64_t t = atomic_load_explicit(&pool_ticket, memory_order_acquire);
+    for (;;) {
+        if (t >> 32 != gen || (t & 0xffffffffu) == 0) return taken;
+        if (!atomic_compare_exchange_weak_explicit(&pool_ticket, &t, t - 1, memory_order_acq_rel, memory_order_acquire))
+            continue;
+        /* claimed: the caller waits for this chunk, so the job (set before its ticket) stays put */
+        int64_t n0 = (pool_chunks - (int64_t)(t & 0xffffffffu)) * pool_chunk, n1 = n0 + pool_chunk;
+        if (n1 > pool_job.N) n1 = pool_job.N;
+        job_columns(&pool_job, n0, n1);
+        taken++;
+        atomic_fetch_add_explicit(&pool_done, 1, memory_order_release);
+        t = atomic_load_explicit(&pool_ticket, memory_order_acquire);
+    }
 }
 
 static void *pool_worker(void *arg) {
-    const int part = (int)(intptr_t)arg;
-    long seen = 0;
+    (void)arg;
+    uint64_t seen = 0;
     for (;;) {
-        long now = atomic_load_explicit(&pool_generation, memory_order_acquire);
-        for (int spin = 0; now == seen && spin < SPINS; spin++) {
+        uint64_t now = atomic_load_explicit(&pool_ticket, memory_order_acquire) >> 32;
+        for (int spin = 0; now == seen && spin < WORKER_SPINS; spin++) {
             _mm_pause();
-            now = atomic_load_explicit(&pool_generation, memory_order_acquire);
+            now = atomic_load_explicit(&pool_ticket, memory_order_acquire) >> 32;
         }
         if (now == seen) {
             pthread_mutex_lock(&pool_mutex);
-            while ((now = atomic_load_explicit(&pool_generation, memory_order_acquire)) == seen)
+            while ((now = atomic_load_explicit(&pool_ticket, memory_order_acquire) >> 32) == seen)
                 pthread_cond_wait(&pool_wake, &pool_mutex);
             pthread_mutex_unlock(&pool_mutex);
         }
         seen = now;
-        if (part < pool_active) {
-            share(&pool_job, part, pool_active);
-            atomic_fetch_sub_explicit(&pool_pending, 1, memory_order_release);
-        }
+        take_chunks(now);
     }
     return NULL;
 }
@@ -189,8 +206,9 @@ int qmm_set_threads(int n) {
     if (n > MAX_THREADS) n = MAX_THREADS;
     pthread_mutex_lock(&pool_busy);
     for (int t = pool_threads; t < n; t++) {
-        if (pthread_create(&workers[t], NULL, pool_worker, (void *)(intptr_t)t) != 0) { n = t; break; }
-        pthread_detach(workers[t]);
+        pthread_t worker;
+        if (pthread_create(&worker, NULL, pool_worker, NULL) != 0) { n = t; break; }
+        pthread_detach(worker);
         pool_threads = t + 1;
     }
     pool_active = n;
@@ -202,19 +220,50 @@ int qmm_set_threads(int n) {
    workers costs more than it saves. */
 #define POOL_MIN_WORK (1 << 18)
 
+/* When a worker holds a claimed chunk but is not running (other processes have the cores), the
+   caller waits for it, for a scheduler time slice or more, on each of a decode step's 211
+   products. After such a stall the caller computes alone for BACKOFF_PRODUCTS products (a few
+   decode steps) and then tries the pool again. Measured with a training job beside 8 /asks on 2
+   cores: without this, the asks took 20 times longer than on one thread. */
+#define BACKOFF_PRODUCTS 2000
+static int pool_backoff;
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static void run_job(const Job *job) {
     if (pool_active == 1 || job->M * job->K * job->N < POOL_MIN_WORK || pthread_mutex_trylock(&pool_busy) != 0) {
         job_columns(job, 0, job->N);
         return;
     }
+    if (pool_backoff > 0) {
+        pool_backoff--;
+        pthread_mutex_unlock(&pool_busy);
+        job_columns(job, 0, job->N);
+        return;
+    }
+    int64_t groups = (job->N + 7) / 8, want = (int64_t)pool_active * CHUNKS_PER_THREAD;
+    pool_chunk = (groups + want - 1) / want * 8;
+    pool_chunks = (job->N + pool_chunk - 1) / pool_chunk;
     pool_job = *job;
-    atomic_store_explicit(&pool_pending, pool_active - 1, memory_order_relaxed);
+    atomic_store_explicit(&pool_done, 0, memory_order_relaxed);
+    uint64_t gen = (atomic_load_explicit(&pool_ticket, memory_order_relaxed) >> 32) + 1;
     pthread_mutex_lock(&pool_mutex);
-    atomic_fetch_add_explicit(&pool_generation, 1, memory_order_release);
+    atomic_store_explicit(&pool_ticket, gen << 32 | (uint64_t)pool_chunks, memory_order_release);
     pthread_cond_broadcast(&pool_wake);
     pthread_mutex_unlock(&pool_mutex);
-    share(job, 0, pool_active);
-    while (atomic_load_explicit(&pool_pending, memory_order_acquire) > 0) _mm_pause();
+    int64_t start = now_ns();
+    long mine = take_chunks(gen);
+    int64_t own = now_ns();
+    for (int spin = 0; atomic_load_explicit(&pool_done, memory_order_acquire) < pool_chunks; spin++) {
+        if (spin < WAIT_SPINS) _mm_pause();
+        else sched_yield();
+    }
+    /* a wait longer than a few of the caller's own chunks means a worker was off its core */
+    if (now_ns() - own > 3 * (own - start) / (mine > 0 ? mine : 1) + 50000) pool_backoff = BACKOFF_PRODUCTS;
     pthread_mutex_unlock(&pool_busy);
 }
 
