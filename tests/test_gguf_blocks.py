@@ -64,7 +64,7 @@ def test_block_products_equal_fp32_products_on_the_same_weights(make, rows, mode
 
 @pytest.mark.parametrize("make", [q4_1, q8_0])
 def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(make, model_cache_dir):
-    # 1001 output columns: the shares are multiples of 8 columns, so the last one is cut short
+    # 1001 output columns: chunks are whole groups of 8 columns, so the last one is cut short
     blocks, weight = make(1001, 320, seed=5)
     lib = load(model_cache_dir.parent / "kernels")
     layer = BlockLinear(blocks, lib, torch.empty(0))

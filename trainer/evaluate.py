@@ -1,8 +1,8 @@
 """The evaluation gate's exam, run as a subprocess: `python -m trainer.evaluate --job EVAL.json`.
 
 The job names a base model (and, when the bot serves it from a GGUF file's blocks, that file and
-the kernels' directory, so the exam runs on the same kernels), a few variants (None for the base weights, else an adapter
-directory), and quiz items. Every variant answers every item greedily, exactly as a
+the kernels' directory, so the exam runs on the same kernels), a few variants (None for the base
+weights, else an adapter directory), and quiz items. Every variant answers every item greedily, exactly as a
 member's /ask would (same system prompt, no notes, no lesson context), and the answers
 are graded against their references. One JSON object per line goes to stdout:
     {"event": "progress", "variant", "done", "total"}

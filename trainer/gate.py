@@ -57,14 +57,10 @@ async def evaluate(app: AppContext, student: str, base_dir: str, before: str | N
 def serving_blocks(spec: Any, cache_dir: Path) -> dict[str, str]:
     """The GGUF file and kernel directory when the live student is served from GGUF blocks (as the
     bundled one is on an AVX2 CPU), so the exam answers on the same weights and kernels; else {}."""
-    from backends.local.host import resolve_device
-    from backends.local.kernels import cpu_supported
-    from backends.local.pool import source_gguf
+    from backends.local.pool import blocks_source, kernel_dir
 
-    gguf = source_gguf(spec.path or "")
-    if gguf is None or spec.dtype not in ("auto", "gguf") or resolve_device(spec.device) != "cpu" or cpu_supported():
-        return {}
-    return {"gguf": gguf, "kernel_dir": str(Path(cache_dir) / "kernels")}
+    gguf = blocks_source(spec)
+    return {"gguf": gguf, "kernel_dir": str(kernel_dir(cache_dir))} if gguf else {}
 
 
 def heldout_items(db: Any, student: str) -> list[dict[str, Any]]:

@@ -216,8 +216,9 @@ def _share_the_cores(lib: ctypes.CDLL) -> int:
     worse than either: torch's OpenMP threads and the pool's workers spin on the same cores
     (bench/generate.py on 2 cores: one request 7.6 tok/s with both at 2 threads; 25.7 tok/s and 8
     concurrent requests in 10.6 s with both at 1; 25.9 tok/s and 8.2 s with the pool at 2 and
-    torch at 1). torch's thread count is process-wide, so this also applies to
-    any other CPU model the process serves; set OMP_NUM_THREADS to choose the pool's size.
+    torch at 1). torch's setting holds for the calling thread and for threads started after it,
+    so it can reach another CPU model the process serves; set OMP_NUM_THREADS to choose the
+    pool's size.
     """
     threads = lib.qmm_set_threads(kernel_threads())
     if threads > 1 and torch.get_num_threads() != 1:

@@ -48,7 +48,7 @@ class HostPool:
         if host is None or host.closing:
             host = self._hosts[key] = LocalModelHost(
                 key[0], device=device, dtype=dtype, max_batch=max_batch, batch_window=batch_window, gguf=gguf,
-                kernel_dir=self.cache_dir / "kernels",
+                kernel_dir=kernel_dir(self.cache_dir),
             )
         return host
 
@@ -83,9 +83,23 @@ def _resolve(spec: ModelSpec, cache_dir: Path) -> tuple[str, str, str, str | Non
     gguf = source_gguf(spec.path)
     if spec.dtype == "gguf" and gguf is None:
         raise ValueError(f'dtype "gguf" needs a .gguf file or the bundled model as path, not {spec.path}')
-    if spec.dtype == "auto" and gguf is not None and device == "cpu" and cpu_supported() is None:
+    if blocks_source(spec):
         return model_dir, device, "gguf", gguf
     return model_dir, device, resolve_dtype(spec.dtype, device), gguf
+
+
+def blocks_source(spec: ModelSpec) -> str | None:
+    """The GGUF file whose blocks a host for `spec` multiplies by on the CPU (dtype "gguf", or
+    "auto" for a GGUF model on a CPU the kernels run on); None when it runs in a plain dtype."""
+    gguf = source_gguf(spec.path or "")
+    if gguf is None or resolve_device(spec.device) != "cpu":
+        return None
+    return gguf if spec.dtype == "gguf" or (spec.dtype == "auto" and cpu_supported() is None) else None
+
+
+def kernel_dir(cache_dir: Path) -> Path:
+    """Where the kernels are built, under the app's cache directory."""
+    return Path(cache_dir) / "kernels"
 
 
 def source_gguf(path: str) -> str | None:

@@ -7,7 +7,7 @@
 
    Built at run time by backends/local/kernels/__init__.py (gcc -O3 -mavx2 -mfma) and called through
    ctypes, which releases the GIL. A product is split by output columns among a small thread pool
-   (qmm_set_threads; the host gives it torch's thread count). */
+   (qmm_set_threads; use_gguf_blocks gives it OMP_NUM_THREADS, else the process's CPUs). */
 
 #include <immintrin.h>
 #include <pthread.h>
