@@ -211,3 +211,41 @@ async def test_smol_batched_answers_equal_plain_generate(model_cache_dir: Path) 
         assert together == plain and "Paris" in together[0]
     finally:
         await smol.aclose()
+
+
+def test_prompts_of_close_lengths_share_a_prefill_and_a_long_one_goes_alone() -> None:
+    import torch
+
+    from backends.local.batching import GROUP_TOKENS, GenRequest, Prompt, prefill_groups
+
+    def prompt(n: int) -> Prompt:
+        return Prompt(GenRequest([], greedy(1), None, None), torch.zeros((1, n), dtype=torch.long))  # type: ignore[arg-type]
+
+    groups = prefill_groups([prompt(n) for n in (40, 38, 600, 41, 36)])
+    assert [[p.length for p in g] for g in groups] == [[36, 38, 40, 41], [600]]
+    # a group's padded size is bounded, however alike its prompts
+    big = prefill_groups([prompt(GROUP_TOKENS // 2)] * 3)
+    assert [len(g) for g in big] == [2, 1]
+
+
+async def test_requests_arriving_together_are_prefilled_in_one_pass_with_the_same_answers(host: LocalModelHost) -> None:
+    model = backend(host)
+    questions = [[{"role": "user", "content": f"Tell me about the number {n}."}] for n in (7, 12, 305, 4000)]
+    # one sampled row: its first token comes from its own seeded sampler, not from the shared pass
+    params = [greedy(9), greedy(9), greedy(9), GenParams(max_new_tokens=9, temperature=0.8, seed=3)]
+    before = host.prefills
+    together = await asyncio.gather(*(model.chat(q, p) for q, p in zip(questions, params, strict=True)))
+    assert host.prefills == before + 1 and host.peak_batch == 4
+    alone = [await model.chat(q, p) for q, p in zip(questions, params, strict=True)]
+    assert host.prefills == before + 5
+    assert together == alone and len(set(together)) == 4
+
+
+async def test_a_prompt_too_long_fails_alone_while_the_others_in_its_wave_answer(host: LocalModelHost) -> None:
+    model = backend(host)
+    limit = host.model.config.max_position_embeddings
+    too_long = [{"role": "user", "content": "word " * limit}]
+    results = await asyncio.gather(model.chat(PROMPTS[1], greedy(5)), model.chat(too_long, greedy(5)),
+                                   model.chat(PROMPTS[3], greedy(5)), return_exceptions=True)
+    assert isinstance(results[0], str) and isinstance(results[2], str) and results[0] and results[2]
+    assert isinstance(results[1], BackendError) and "but the model holds" in str(results[1]), results[1]

@@ -1,7 +1,8 @@
 """Dynamic batching: many chat requests share one decode loop on a model host's worker thread.
 
-Each request is prefilled on its own (its prompt cache is then left-padded into the batch's
-KV cache), and every decode step runs one forward pass for all rows. A row leaves the batch
+Requests taken together are prefilled together: prompts of similar length share one left-padded
+forward pass (`prefill_groups`), and their cache is then left-padded into the batch's KV cache.
+Every decode step runs one forward pass for all rows. A row leaves the batch
 as soon as it stops (end of turn, stop string, token limit, cancelled), so a short answer
 never waits for a long one and a cancelled request frees its slot for the next.
 
@@ -64,6 +65,39 @@ class GenRequest:
     adapter_path: str | None = None
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A request's prompt, tokenized and checked, waiting to be prefilled."""
+
+    request: GenRequest
+    ids: torch.Tensor  # [1, n]
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[1])
+
+
+PAD_SLACK = 1.25
+"""Prompts share a prefill while the padded group costs at most this much more than its prompts
+alone (a 40-token /ask beside a 600-token lesson history is prefilled on its own)."""
+GROUP_TOKENS = 4096
+"""At most this many (padded) tokens in one prefill, which bounds its activations' memory."""
+
+
+def prefill_groups(prompts: Sequence[Prompt]) -> list[list[Prompt]]:
+    """`prompts` in groups to prefill together: close in length, shortest first."""
+    groups: list[list[Prompt]] = []
+    for p in sorted(prompts, key=lambda p: p.length):
+        group = groups[-1] if groups else None
+        if group is not None:
+            n, longest, tokens = len(group) + 1, max(p.length, group[-1].length), sum(q.length for q in group) + p.length
+            if n * longest <= PAD_SLACK * tokens and n * longest <= GROUP_TOKENS:
+                group.append(p)
+                continue
+        groups.append([p])
+    return groups
+
+
 @dataclass
 class _Row:
     request: GenRequest
@@ -104,7 +138,7 @@ class DecodeBatch:
         self.mask: torch.Tensor | None = None  # [rows, cached length]; 0 marks left padding
         # Only plain growing caches are padded and merged; a model with another cache (sliding
         # windows, recurrent state) still streams through this loop, one request at a time.
-        self.mergeable = True
+        self.mergeable = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -117,32 +151,45 @@ class DecodeBatch:
         """Internal adapter names the running rows were bound to."""
         return {r.request.adapter_internal for r in self.rows}
 
-    def admit(self, request: GenRequest) -> None:
-        """Prefill `request` alone and add it to the batch. Raises on a bad prompt or a torch error."""
-        params = request.params
+    def prepare(self, request: GenRequest) -> Prompt:
+        """The request's prompt ids, checked against the context window. Raises PromptTooLong."""
+        input_ids = chat_input_ids(self.tokenizer, request.messages).to(self.model.device)
+        _check_context(self.model, int(input_ids.shape[1]), request.params.max_new_tokens)
+        return Prompt(request, input_ids)
+
+    def admit(self, prompts: Sequence[Prompt]) -> None:
+        """Prefill `prompts` together, left-padded into one forward pass, and add them to the batch.
+
+        Raises on a torch error; then none of them was added.
+        """
         device = self.model.device
-        input_ids = chat_input_ids(self.tokenizer, request.messages).to(device)
-        prompt_len = int(input_ids.shape[1])
-        _check_context(self.model, prompt_len, params.max_new_tokens)
-        processors = _processors(params, device, prompt_len)
-        extra = {"adapter_names": [request.adapter_internal]} if self.peft else {}
-        config = _generation_config(self.model, self.tokenizer, params)
+        longest = max(p.length for p in prompts)
+        pad = _pad_id(self.tokenizer, self.model.generation_config)
+        input_ids = torch.full((len(prompts), longest), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            input_ids[i, longest - p.length :] = p.ids[0]
+            mask[i, longest - p.length :] = 1
+        extra = {"adapter_names": [p.request.adapter_internal for p in prompts]} if self.peft else {}
+        config = _generation_config(self.model, self.tokenizer, prompts[0].request.params)
         config.max_new_tokens = 1
         config.return_dict_in_generate = True
+        config.output_logits = True  # raw: each row picks its first token with its own sampler below
         with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                generation_config=config,
-                logits_processor=LogitsProcessorList(p for p in processors if isinstance(p, SeededSampler)),
-                **extra,
-            )
-        first = int(out.sequences[0, -1])
-        eos = _eos_ids(config)
-        tracker = TextTracker(self.tokenizer, params.stop)
-        row = _Row(request, prompt_len, tracker, processors, eos, ids=[first], prompt=input_ids, position=prompt_len)
-        self._merge(out.past_key_values, prompt_len)
-        self.rows.append(row)
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **extra)
+            logits = out.logits[0].float()
+            rows = []
+            for i, p in enumerate(prompts):
+                params = p.request.params
+                processors = _processors(params, device, p.length)
+                scores = logits[i : i + 1]
+                for sampler in (x for x in processors if isinstance(x, SeededSampler)):
+                    scores = sampler(p.ids, scores)  # the reply is empty: the penalty has nothing to see yet
+                tracker = TextTracker(self.tokenizer, params.stop)
+                rows.append(_Row(p.request, p.length, tracker, processors, _eos_ids(config), ids=[int(scores.argmax())],
+                                 prompt=p.ids, position=p.length))
+        self._merge(out.past_key_values, mask)
+        self.rows.extend(rows)
 
     def step(self) -> None:
         """One forward pass for every row; each row's next token is chosen by its own processors."""
@@ -203,13 +250,11 @@ class DecodeBatch:
         completion = Completion(row.tracker.final(), row.prompt_len, len(row.ids))
         return Answer(completion, row.request.adapter_path)
 
-    def _merge(self, cache: DynamicCache, length: int) -> None:
-        mask = torch.ones((1, length), dtype=torch.long, device=self.model.device)
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         if self.cache is None or self.mask is None:
             self.cache, self.mask = cache, mask
-            self.mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
             return
-        total = max(length, self.mask.shape[1])
+        total = max(mask.shape[1], self.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_left_pad(mine.keys, total), _left_pad(theirs.keys, total)], dim=0)
             mine.values = torch.cat([_left_pad(mine.values, total), _left_pad(theirs.values, total)], dim=0)
@@ -229,6 +274,14 @@ class DecodeBatch:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
         self.rows = [self.rows[i] for i in keep]
+
+
+def _pad_id(tokenizer: Any, generation_config: Any) -> int:
+    """The id left padding is filled with (masked out, so any token would do)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    return int(eos[0] if isinstance(eos, list) else eos or 0)
 
 
 def _left_pad(t: torch.Tensor, total: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from backends.local.batching import BASE, Answer, DecodeBatch, GenRequest
+from backends.local.batching import BASE, Answer, DecodeBatch, GenRequest, Prompt, prefill_groups
 from backends.local.generation import Completion
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class BatchScheduler:
     max_batch: int
     batch_window: float
     peak_batch: int
+    prefills: int
     _executor: ThreadPoolExecutor
     _closing: threading.Event
     _queue: deque[GenRequest | Callable[[], None]]
@@ -117,7 +118,8 @@ class BatchScheduler:
         batch.peft = isinstance(self._model, PeftModel)
 
     def _admit(self, waiting: deque[GenRequest], batch: DecodeBatch) -> None:
-        while waiting and len(batch) < batch.capacity(self.max_batch):
+        prompts: list[Prompt] = []
+        while waiting and len(batch) + len(prompts) < batch.capacity(self.max_batch):
             request = waiting.popleft()
             if not request.future.set_running_or_notify_cancel():  # its caller gave up while it waited
                 self._release(request)
@@ -127,9 +129,23 @@ class BatchScheduler:
                 continue
             try:
                 self._refresh(batch)
-                batch.admit(request)
+                prompts.append(batch.prepare(request))
             except Exception as e:
                 self._finish(request, e, None)
+        for group in prefill_groups(prompts):
+            try:
+                batch.admit(group)
+                self.prefills += 1
+            except Exception as e:
+                if len(group) == 1:
+                    self._finish(group[0].request, e, None)
+                    continue
+                for prompt in group:  # one at a time, so an error stays with the request that caused it
+                    try:
+                        batch.admit([prompt])
+                        self.prefills += 1
+                    except Exception as e:
+                        self._finish(prompt.request, e, None)
 
     def _finish(self, request: GenRequest, error: BaseException | None, answer: Callable[[], Answer] | None) -> None:
         self._release(request)
