@@ -52,14 +52,28 @@ def q8_0(n_out: int, n_in: int, seed: int) -> tuple[Blocks, torch.Tensor]:
 
 
 @pytest.mark.parametrize("make", [q4_1, q8_0])
-@pytest.mark.parametrize("rows", [1, 3, 8, 13, 40, 100])  # 2 × 100 rows: past KERNEL_ROWS, the dequantised path
+# 1 row: the one-row kernel; 3 and 8: blocks rebuilt in registers; 9 and 17: panels and a last lone row;
+# 40 to 200: panels; 400 (past KERNEL_ROWS on one thread): the dequantised weight and torch's matmul
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 17, 40, 200, 400])
 def test_block_products_equal_fp32_products_on_the_same_weights(make, rows, model_cache_dir):
-    blocks, weight = make(96, 160, seed=rows)
+    blocks, weight = make(98, 160, seed=rows)  # 98 columns: the last panel is cut short
     like = torch.empty(0)
     layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels"), like)
     assert torch.equal(layer.dequantise(), weight)  # bit for bit the weights transformers would hold
-    x = torch.randn(2, rows, 160)
+    x = torch.randn(1, rows, 160)
     torch.testing.assert_close(layer(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [q4_1, q8_0])
+def test_a_rows_product_is_bit_for_bit_the_same_whichever_path_computes_it(make, model_cache_dir):
+    """Decode steps (up to 8 rows) rebuild blocks in registers, prompts go through panels: same bits per row."""
+    blocks, _ = make(98, 160, seed=7)
+    layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels"), torch.empty(0))
+    x = torch.randn(40, 160)
+    together = layer(x)  # panels
+    assert torch.equal(layer(x[:8]), together[:8])  # registers
+    assert torch.equal(layer(x[:3]), together[:3])
+    assert torch.equal(layer(x[8:9]), layer(x[:9])[8:9])  # a lone last row takes the one-row kernel, as alone
 
 
 @pytest.mark.parametrize("make", [q4_1, q8_0])

@@ -23,13 +23,13 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-KERNEL_ROWS = 128
+KERNEL_ROWS = 384
 """With a single kernel thread, products with more rows than this (prompts longer than this many
 tokens) dequantise the layer and use torch's matmul; with more threads everything goes through
-the kernels. Measured on a 2-core AVX2 CPU with one kernel thread: a 36-token prompt prefilled in
-0.25 s through the kernels against 0.42 s dequantising, even at 192 tokens, and at 678 tokens
-dequantising won (2.5 s against 3.4 s). With two kernel threads the kernels won at every length
-(0.63 s against 0.94 s at 192 tokens, 2.9 s against 3.1 s at 678, 8.1 s against 8.4 s at 1,650)."""
+the kernels. Measured on a 2-core AVX2 CPU with one kernel thread, on the model's two largest
+projection shapes: the kernels' panels took 8.9 ms against 9.1-11.8 ms dequantising at 296 rows,
+and dequantising won at 678 rows (18.7-18.9 ms against 19.6-22.6 ms). With two kernel threads
+the kernels won at every length measured (up to 1,650 tokens)."""
 
 
 def kernel_threads() -> int:
