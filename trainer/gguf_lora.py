@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from backends.gguf_layout import rotary_row_order
+
 _PREFIX = "base_model.model."
 _SUPPORTED_ARCHS = {"LlamaForCausalLM": "llama"}
 
@@ -34,13 +36,8 @@ class GgufExportError(RuntimeError):
 
 
 def rope_permute(rows: np.ndarray, n_head: int) -> np.ndarray:
-    """Reorder the output rows of a q/k projection from the Hugging Face rotary layout to llama.cpp's.
-
-    Within each head, HF keeps the two rotary halves apart ([x0..x(d/2-1), y0..]); GGUF
-    interleaves them ([x0, y0, x1, y1, ...]).
-    """
-    half = rows.shape[0] // n_head // 2
-    return rows.reshape(n_head, 2, half, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+    """Reorder the output rows of a q/k projection from the Hugging Face rotary layout to llama.cpp's."""
+    return rows[rotary_row_order(rows.shape[0], n_head, to_gguf=True)]
 
 
 def adapter_tensors(adapter_dir: Path, base_config: dict[str, Any]) -> tuple[dict[str, np.ndarray], float]:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from backends.gguf_layout import rotary_row_order
+
 log = logging.getLogger(__name__)
 
 KERNEL_ROWS = 384
@@ -192,9 +194,9 @@ def use_gguf_blocks(model: Any, gguf: Path | str, cache_dir: Path) -> str:
                 kept.append(hf_name)
                 continue
             if gguf_name and gguf_name.endswith(".attn_q"):
-                found = found.rows(_hf_row_order(found.out_features, n_head))
+                found = found.rows(rotary_row_order(found.out_features, n_head, to_gguf=False))
             elif gguf_name and gguf_name.endswith(".attn_k"):
-                found = found.rows(_hf_row_order(found.out_features, n_kv))
+                found = found.rows(rotary_row_order(found.out_features, n_kv, to_gguf=False))
             layer = BlockLinear(found, lib, child.weight, threads)
             if not torch.equal(layer.dequantise(), child.weight.detach().float().cpu()):
                 kept.append(hf_name)  # not the weights this model was converted from: keep them
@@ -225,9 +227,3 @@ def _share_the_cores(lib: ctypes.CDLL) -> int:
         log.info("GGUF kernels on %d threads; torch's own ops now run on one thread", threads)
         torch.set_num_threads(1)
     return threads
-
-
-def _hf_row_order(n_rows: int, n_head: int) -> np.ndarray:
-    """Row index turning llama.cpp's rotary row order back into Hugging Face's (see trainer/gguf_lora.rope_permute)."""
-    half = n_rows // n_head // 2
-    return np.arange(n_rows).reshape(n_head, half, 2).swapaxes(1, 2).reshape(n_rows)
