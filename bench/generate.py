@@ -56,16 +56,14 @@ def asks(n: int) -> list[list[Message]]:
     return [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(n)]
 
 
-PLAIN_THREADS = 1
-"""torch's threads for the plain side (--threads): our host gives the cores to its kernels and
-leaves torch one thread, so plain sets its own count around each call."""
+def plain_run(model: object, tokenizer: object, messages: list[Message], new_tokens: int, threads: int) -> tuple[float, int]:
+    """One plain transformers.generate call on `threads` torch threads: (seconds, new tokens).
 
-
-def plain_run(model: object, tokenizer: object, messages: list[Message], new_tokens: int) -> tuple[float, int]:
-    """One plain transformers.generate call: (seconds, new tokens)."""
+    Our host gives the cores to its kernels and leaves torch one thread, so plain sets its own
+    count around each call."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)  # type: ignore[attr-defined]
     host_threads = torch.get_num_threads()
-    torch.set_num_threads(PLAIN_THREADS)
+    torch.set_num_threads(threads)
     try:
         started = time.perf_counter()
         with torch.inference_mode():
@@ -128,7 +126,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
     params = GenParams(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.1)
     convs = asks(args.concurrent)
     # warm both paths first: the host's first request also pays one-off imports (peft), ~0.3 s
-    await host.run(lambda: plain_run(model, tokenizer, convs[0], 1))
+    await host.run(lambda: plain_run(model, tokenizer, convs[0], 1, args.threads))
     await ours_run(backend, convs[0], GenParams(max_new_tokens=1, temperature=0.0))
     rows: dict[str, list[float]] = {k: [] for k in ("plain_ttft", "plain_tps", "plain_one", "plain_all", "ours_ttft", "ours_tps", "ours_one", "ours_all")}
     llm = llamacpp_model(args.threads) if args.llamacpp else None
@@ -136,13 +134,13 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.to_thread(llamacpp_run, llm, convs[0], 1)
     for _ in range(args.repeats):
         # plain: time to first token is a 1-token generate; the concurrent load runs one after another
-        rows["plain_ttft"].append(await host.run(lambda: plain_run(model, tokenizer, convs[0], 1)[0]))
-        secs, n = await host.run(lambda: plain_run(model, tokenizer, convs[0], args.new_tokens))
+        rows["plain_ttft"].append(await host.run(lambda: plain_run(model, tokenizer, convs[0], 1, args.threads)[0]))
+        secs, n = await host.run(lambda: plain_run(model, tokenizer, convs[0], args.new_tokens, args.threads))
         rows["plain_tps"].append(n / secs)
         rows["plain_one"].append(secs)
         started = time.perf_counter()
         for c in convs:
-            await host.run(lambda c=c: plain_run(model, tokenizer, c, args.new_tokens))
+            await host.run(lambda c=c: plain_run(model, tokenizer, c, args.new_tokens, args.threads))
         rows["plain_all"].append(time.perf_counter() - started)
         # ours
         # time to first token the same way as plain: a whole 1-token request
@@ -163,7 +161,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "new_tokens": args.new_tokens,
         "concurrent": args.concurrent,
         "dtype": host.dtype,
-        "threads": PLAIN_THREADS,
+        "threads": args.threads,
         "torch_threads_ours": torch.get_num_threads(),
         "best": {k: round(v, 3) for k, v in best.items()},
         "all": {k: [round(x, 3) for x in v] for k, v in rows.items()},
@@ -229,8 +227,6 @@ def main() -> None:
     parser.add_argument("--llamacpp", action="store_true", help="also run llama.cpp (llama-cpp-python) on the same GGUF")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    global PLAIN_THREADS
-    PLAIN_THREADS = args.threads
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the GGUF kernels' pool (torch read it at import)
     result = memory() if args.memory else asyncio.run(bench(args))

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -396,3 +397,27 @@ async def test_smol_generation_leaves_the_event_loop_free(teacher: LocalBackend)
     ticker.cancel()
     assert len(gaps) > 10
     assert max(gaps) < 0.2
+
+
+def test_a_conversion_parses_each_gguf_once_and_puts_the_readers_back(tmp_path: Path) -> None:
+    import gguf
+
+    from backends.bundled import _one_parse_per_file
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with _one_parse_per_file():
+        from gguf import GGUFReader, get_tensor_name_map  # as transformers' loaders import them, when called
+
+        first = GGUFReader(str(path))
+        assert GGUFReader(str(tmp_path / "." / "tiny.gguf")) is first and isinstance(first, real_reader)
+        assert get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert gguf.GGUFReader is real_reader and gguf.get_tensor_name_map is real_map
+    assert gguf.GGUFReader(str(path)) is not first  # outside the block, parsed anew

@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from backends.cpus import usable_cpus
 from trainer import check_known_keys
 from trainer.data import IGNORE, PackedRow, block_causal_mask
 
@@ -119,7 +119,7 @@ class TrainMetrics:
 
 def use_all_cores() -> int:
     """Give torch every core this process may run on (its default can miss cgroup/affinity limits)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()
     torch.set_num_threads(cores)
     return cores
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backends.cpus import usable_cpus
 from backends.gguf_layout import rotary_row_order
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,7 @@ def kernel_threads() -> int:
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cpus()
 
 
 @dataclass
