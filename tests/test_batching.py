@@ -249,3 +249,30 @@ async def test_a_prompt_too_long_fails_alone_while_the_others_in_its_wave_answer
                                    model.chat(PROMPTS[3], greedy(5)), return_exceptions=True)
     assert isinstance(results[0], str) and isinstance(results[2], str) and results[0] and results[2]
     assert isinstance(results[1], BackendError) and "but the model holds" in str(results[1]), results[1]
+
+
+async def test_a_model_with_a_sliding_window_cache_serves_one_request_at_a_time(tiny_dir: str, tmp_path: Path) -> None:
+    """Its cache cannot be padded and merged, so concurrent requests take turns instead of sharing a prefill."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    llama = AutoTokenizer.from_pretrained(tiny_dir)
+    out = tmp_path / "mistral"
+    shutil.copytree(tiny_dir, out)
+    for weights in out.glob("*.safetensors"):
+        weights.unlink()
+    config = MistralConfig(vocab_size=len(llama), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+                           pad_token_id=llama.pad_token_id, bos_token_id=llama.bos_token_id)
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(out)
+    host = LocalModelHost(str(out), device="cpu", max_batch=4, batch_window=0.05)
+    try:
+        model = backend(host)
+        together = await asyncio.gather(*(model.chat(p, greedy(6)) for p in PROMPTS[:3]))
+        assert host.peak_batch == 1 and host.prefills == 3
+        assert together == [await model.chat(p, greedy(6)) for p in PROMPTS[:3]]
+    finally:
+        await host.aclose()

@@ -138,7 +138,10 @@ class DecodeBatch:
         self.mask: torch.Tensor | None = None  # [rows, cached length]; 0 marks left padding
         # Only plain growing caches are padded and merged; a model with another cache (sliding
         # windows, recurrent state) still streams through this loop, one request at a time.
-        self.mergeable = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+        # Known before the first prefill, since a wave of requests is prefilled together.
+        self.mergeable = getattr(model.generation_config, "cache_implementation", None) in (None, "dynamic") and all(
+            type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -253,6 +256,8 @@ class DecodeBatch:
     def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         if self.cache is None or self.mask is None:
             self.cache, self.mask = cache, mask
+            # generate() made another cache after all: serve these rows, merge no one into them
+            self.mergeable = self.mergeable and all(type(layer) is DynamicLayer for layer in cache.layers)
             return
         total = max(mask.shape[1], self.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):

@@ -144,8 +144,8 @@ class BatchScheduler:
                     try:
                         batch.admit([prompt])
                         self.prefills += 1
-                    except Exception as e:
-                        self._finish(prompt.request, e, None)
+                    except Exception as alone:
+                        self._finish(prompt.request, alone, None)
 
     def _finish(self, request: GenRequest, error: BaseException | None, answer: Callable[[], Answer] | None) -> None:
         self._release(request)
