@@ -25,27 +25,55 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-/* acc += block b's 32 weights w0..w3 times each row's 32 activations. One row keeps four
+/* Block b of a column as fp32, 8 weights a vector in k order, exactly as transformers dequantises
+   the file. Every path (the row kernels, the panels, whole-weight dequantising) rebuilds weights
+   with these two, so they all hold the same bits. */
+
+/* Q4_1: w = d * q + m (q in 0..15: the low nibbles of the block's 16 bytes hold elements 0..15,
+   the high ones 16..31). */
+static inline __attribute__((always_inline)) void q4_1_block(const uint8_t *q, float d, float m, __m256 w[4]) {
+    const __m128i low = _mm_set1_epi8(0x0F);
+    __m128i raw = _mm_loadu_si128((const __m128i *)q);
+    __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
+    __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
+    w[0] = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo))), mv);
+    w[1] = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)))), mv);
+    w[2] = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi))), mv);
+    w[3] = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))), mv);
+}
+
+/* Q8_0: w = d * q (q int8). */
+static inline __attribute__((always_inline)) void q8_0_block(const int8_t *q, float d, __m256 w[4]) {
+    __m256i raw = _mm256_loadu_si256((const __m256i *)q);
+    __m128i a0 = _mm256_castsi256_si128(raw), a1 = _mm256_extracti128_si256(raw, 1);
+    __m256 dv = _mm256_set1_ps(d);
+    w[0] = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a0)));
+    w[1] = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a0, 8))));
+    w[2] = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a1)));
+    w[3] = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a1, 8))));
+}
+
+/* acc += block b's 32 weights w[0..3] times each row's 32 activations. One row keeps four
    accumulators (four independent FMA chains, which FMA latency would otherwise stall); several
    rows keep one each and their chains interleave. Shared by the Q4_1 and Q8_0 kernels, which
-   differ only in how they rebuild w0..w3; it uses their locals (x, R, K, b, w0..w3, acc). */
+   differ only in how they rebuild w; it uses their locals (x, R, K, b, w, acc). */
 #define ACCUMULATE_BLOCK()                                                      \
     do {                                                                        \
         if (R == 1) {                                                           \
             const float *xr = x + b * 32;                                       \
-            acc[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[0]);          \
-            acc[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[1]);      \
-            acc[2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[2]);     \
-            acc[3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[3]);     \
+            acc[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xr), acc[0]);          \
+            acc[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xr + 8), acc[1]);      \
+            acc[2] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xr + 16), acc[2]);     \
+            acc[3] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xr + 24), acc[3]);     \
             break;                                                              \
         }                                                                       \
         for (int r = 0; r < R; r++) {                                           \
             const float *xr = x + r * K + b * 32;                               \
             __m256 a = acc[r];                                                  \
-            a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a);                    \
-            a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), a);                \
-            a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), a);               \
-            a = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), a);               \
+            a = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xr), a);                    \
+            a = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xr + 8), a);                \
+            a = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xr + 16), a);               \
+            a = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xr + 24), a);               \
             acc[r] = a;                                                         \
         }                                                                       \
     } while (0)
@@ -61,20 +89,14 @@ static inline float hsum(__m256 v) {
    w = d * q + m (q in 0..15: the low nibbles of qs hold elements 0..15, the high ones 16..31). */
 static inline __attribute__((always_inline)) void q4_1_rows(const float *x, int64_t R, int64_t K, const uint8_t *qs, const float *d, const float *m,
                       int64_t n0, int64_t n1, int64_t N, float *out) {
-    const __m128i low = _mm_set1_epi8(0x0F);
     const int64_t B = K / 32;
     for (int64_t n = n0; n < n1; n++) {
         __m256 acc[8];
         for (int r = 0; r < (R < 4 ? 4 : R); r++) acc[r] = _mm256_setzero_ps();
         const uint8_t *q = qs + n * (K / 2);
         for (int64_t b = 0; b < B; b++) {
-            __m128i raw = _mm_loadu_si128((const __m128i *)(q + b * 16));
-            __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
-            __m256 dv = _mm256_set1_ps(d[n * B + b]), mv = _mm256_set1_ps(m[n * B + b]);
-            __m256 w0 = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo))), mv);
-            __m256 w1 = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)))), mv);
-            __m256 w2 = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi))), mv);
-            __m256 w3 = _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))), mv);
+            __m256 w[4];
+            q4_1_block(q + b * 16, d[n * B + b], m[n * B + b], w);
             ACCUMULATE_BLOCK();
         }
         STORE_ROW();
@@ -90,13 +112,8 @@ static inline __attribute__((always_inline)) void q8_0_rows(const float *x, int6
         for (int r = 0; r < (R < 4 ? 4 : R); r++) acc[r] = _mm256_setzero_ps();
         const int8_t *q = qs + n * K;
         for (int64_t b = 0; b < B; b++) {
-            __m256i raw = _mm256_loadu_si256((const __m256i *)(q + b * 32));
-            __m128i a0 = _mm256_castsi256_si128(raw), a1 = _mm256_extracti128_si256(raw, 1);
-            __m256 dv = _mm256_set1_ps(d[n * B + b]);
-            __m256 w0 = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a0)));
-            __m256 w1 = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a0, 8))));
-            __m256 w2 = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a1)));
-            __m256 w3 = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a1, 8))));
+            __m256 w[4];
+            q8_0_block(q + b * 32, d[n * B + b], w);
             ACCUMULATE_BLOCK();
         }
         STORE_ROW();
@@ -124,39 +141,35 @@ static float *panel_buffer(int64_t floats) {
     return panel_buf;
 }
 
-/* Columns n..n+nc of a Q4_1 weight as fp32 rows of K in w: d * q + m, as q4_1_rows rebuilds them. */
+/* Columns n..n+nc of a weight as fp32 rows of K in w. */
 static void rebuild_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t K, int64_t n, int64_t nc, float *w) {
-    const __m128i low = _mm_set1_epi8(0x0F);
     const int64_t B = K / 32;
-    for (int64_t c = 0; c < nc; c++) {
-        const uint8_t *q = qs + (n + c) * (K / 2);
-        float *o = w + c * K;
+    for (int64_t c = n; c < n + nc; c++) {
+        const uint8_t *q = qs + c * (K / 2);
+        float *o = w + (c - n) * K;
         for (int64_t b = 0; b < B; b++) {
-            __m128i raw = _mm_loadu_si128((const __m128i *)(q + b * 16));
-            __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
-            __m256 dv = _mm256_set1_ps(d[(n + c) * B + b]), mv = _mm256_set1_ps(m[(n + c) * B + b]);
-            _mm256_store_ps(o + b * 32, _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo))), mv));
-            _mm256_store_ps(o + b * 32 + 8, _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)))), mv));
-            _mm256_store_ps(o + b * 32 + 16, _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi))), mv));
-            _mm256_store_ps(o + b * 32 + 24, _mm256_add_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))), mv));
+            __m256 v[4];
+            q4_1_block(q + b * 16, d[c * B + b], m[c * B + b], v);
+            _mm256_storeu_ps(o + b * 32, v[0]);
+            _mm256_storeu_ps(o + b * 32 + 8, v[1]);
+            _mm256_storeu_ps(o + b * 32 + 16, v[2]);
+            _mm256_storeu_ps(o + b * 32 + 24, v[3]);
         }
     }
 }
 
-/* The same for Q8_0: d * q. */
 static void rebuild_q8_0(const int8_t *qs, const float *d, int64_t K, int64_t n, int64_t nc, float *w) {
     const int64_t B = K / 32;
-    for (int64_t c = 0; c < nc; c++) {
-        const int8_t *q = qs + (n + c) * K;
-        float *o = w + c * K;
+    for (int64_t c = n; c < n + nc; c++) {
+        const int8_t *q = qs + c * K;
+        float *o = w + (c - n) * K;
         for (int64_t b = 0; b < B; b++) {
-            __m256i raw = _mm256_loadu_si256((const __m256i *)(q + b * 32));
-            __m128i a0 = _mm256_castsi256_si128(raw), a1 = _mm256_extracti128_si256(raw, 1);
-            __m256 dv = _mm256_set1_ps(d[(n + c) * B + b]);
-            _mm256_store_ps(o + b * 32, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a0))));
-            _mm256_store_ps(o + b * 32 + 8, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a0, 8)))));
-            _mm256_store_ps(o + b * 32 + 16, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a1))));
-            _mm256_store_ps(o + b * 32 + 24, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a1, 8)))));
+            __m256 v[4];
+            q8_0_block(q + b * 32, d[c * B + b], v);
+            _mm256_storeu_ps(o + b * 32, v[0]);
+            _mm256_storeu_ps(o + b * 32 + 8, v[1]);
+            _mm256_storeu_ps(o + b * 32 + 16, v[2]);
+            _mm256_storeu_ps(o + b * 32 + 24, v[3]);
         }
     }
 }
@@ -386,22 +399,12 @@ void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float
     run_job(&job);
 }
 
-/* Whole fp32 weights [N, K] from Q4_1 blocks, for products with many rows (a prompt's prefill). */
+/* Whole fp32 weights [N, K] from the blocks, for products with many rows (a long prompt's prefill
+   on one kernel thread), and to check at load that the blocks hold the model's fp32 weights. */
 void q4_1_dequant(const uint8_t *qs, const float *d, const float *m, int64_t N, int64_t K, float *out) {
-    const int64_t B = K / 32;
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t b = 0; b < B; b++) {
-            const uint8_t *q = qs + n * (K / 2) + b * 16;
-            float *o = out + n * K + b * 32, db = d[n * B + b], mb = m[n * B + b];
-            for (int j = 0; j < 16; j++) {
-                o[j] = db * (float)(q[j] & 0x0F) + mb;
-                o[j + 16] = db * (float)(q[j] >> 4) + mb;
-            }
-        }
+    rebuild_q4_1(qs, d, m, K, 0, N, out);
 }
 
 void q8_0_dequant(const int8_t *qs, const float *d, int64_t N, int64_t K, float *out) {
-    const int64_t B = K / 32;
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t k = 0; k < K; k++) out[n * K + k] = d[n * B + k / 32] * (float)qs[n * K + k];
+    rebuild_q8_0(qs, d, K, 0, N, out);
 }
