@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backends.local.kernels import FLAGS  # noqa: E402
+from backends.local.kernels import FLAGS, _declare  # noqa: E402
 
 SOURCE = "backends/local/kernels/qmm.c"
 # SmolLM2-135M: q, k, v, o, gate, up, down per layer (out, in); the tied output head is Q8_0
@@ -36,10 +36,7 @@ def build(source: str, out: Path) -> ctypes.CDLL:
     src.write_text(source)
     subprocess.run(["gcc", *FLAGS, "-o", str(out), str(src)], check=True)
     lib = ctypes.CDLL(str(out))
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.q4_1_mm.argtypes = [p, i64, i64, p, p, p, i64, p]
-    lib.q8_0_mm.argtypes = [p, i64, i64, p, p, i64, p]
-    lib.qmm_set_threads.argtypes = [ctypes.c_int]
+    _declare(lib)  # the argument types the app declares
     return lib
 
 

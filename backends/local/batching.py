@@ -166,18 +166,19 @@ class DecodeBatch:
         Raises on a torch error; then none of them was added.
         """
         device = self.model.device
+        config = _generation_config(self.model, self.tokenizer, prompts[0].request.params)
+        config.max_new_tokens = 1
+        config.return_dict_in_generate = True
+        config.output_logits = True  # raw: each row picks its first token with its own sampler below
+        eos = _eos_ids(config)
         longest = max(p.length for p in prompts)
-        pad = _pad_id(self.tokenizer, self.model.generation_config)
+        pad = config.pad_token_id if config.pad_token_id is not None else 0  # masked out: any id would do
         input_ids = torch.full((len(prompts), longest), pad, dtype=torch.long, device=device)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
             input_ids[i, longest - p.length :] = p.ids[0]
             mask[i, longest - p.length :] = 1
         extra = {"adapter_names": [p.request.adapter_internal for p in prompts]} if self.peft else {}
-        config = _generation_config(self.model, self.tokenizer, prompts[0].request.params)
-        config.max_new_tokens = 1
-        config.return_dict_in_generate = True
-        config.output_logits = True  # raw: each row picks its first token with its own sampler below
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **extra)
             logits = out.logits[0].float()
@@ -189,7 +190,7 @@ class DecodeBatch:
                 for sampler in (x for x in processors if isinstance(x, SeededSampler)):
                     scores = sampler(p.ids, scores)  # the reply is empty: the penalty has nothing to see yet
                 tracker = TextTracker(self.tokenizer, params.stop)
-                rows.append(_Row(p.request, p.length, tracker, processors, _eos_ids(config), ids=[int(scores.argmax())],
+                rows.append(_Row(p.request, p.length, tracker, processors, eos, ids=[int(scores.argmax())],
                                  prompt=p.ids, position=p.length))
         self._merge(out.past_key_values, mask)
         self.rows.extend(rows)
@@ -279,14 +280,6 @@ class DecodeBatch:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
         self.rows = [self.rows[i] for i in keep]
-
-
-def _pad_id(tokenizer: Any, generation_config: Any) -> int:
-    """The id left padding is filled with (masked out, so any token would do)."""
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
-    return int(eos[0] if isinstance(eos, list) else eos or 0)
 
 
 def _left_pad(t: torch.Tensor, total: int) -> torch.Tensor:
