@@ -321,6 +321,104 @@ def _train_tiny(tiny_model_dir: Path, rows: list[data.PackedRow], **config: Any)
     return model, loop.train(model, rows, cfg)
 
 
+# --- anchors -------------------------------------------------------------------------------------
+
+GENERAL = [("What is the capital of France?", "The capital of France is Paris."),
+           ("How many legs does a spider have?", "A spider has eight legs."),
+           ("What do bees make?", "Bees make honey and wax.")]
+
+
+def anchor_records() -> list[dict[str, Any]]:
+    return [data.normalize_record({"id": f"anchor-{i}", "anchor": True, "messages": [
+        {"role": "user", "content": q}, {"role": "assistant", "content": a}]}) for i, (q, a) in enumerate(GENERAL)]
+
+
+def test_anchor_records_are_marked_through_packing_and_counted_in_the_hash(smol_tokenizer):
+    anchors = anchor_records()
+    plain = [{**r} for r in anchors]
+    for r in plain:
+        del r["anchor"]
+    assert data.data_hash(anchors) != data.data_hash(plain)  # the same text, trained another way
+    assert len(data.dedupe(anchors + plain)) == 6
+    with pytest.raises(data.DatasetError, match="anchor must be true or false"):
+        data.normalize_record({"anchor": "yes", "messages": [{"role": "user", "content": "hi"}]})
+
+    lessons = [data.normalize_record({"id": str(i), "messages": lesson(i)}) for i in range(3)]
+    examples, _ = data.tokenize_dataset(smol_tokenizer, lessons + anchors, 512)
+    assert [e.anchor for e in examples] == [False] * 3 + [True] * 3
+    (row,) = data.pack(examples, 2048)
+    assert data.pack(examples[:3], 2048)[0].anchor == []  # no anchor: nothing to carry
+    learned_anchor_text = smol_tokenizer.decode(
+        [t for t, label, a in zip(row.input_ids, row.labels, row.anchor, strict=True) if label != IGNORE and a])
+    for _, answer in GENERAL:
+        assert answer in learned_anchor_text
+    assert "Fact" not in learned_anchor_text
+    batch = loop._Batch.from_row(row, torch.device("cpu"))
+    assert batch.anchor.shape == batch.targets.shape
+    assert smol_tokenizer.decode(batch.targets[batch.anchor]) == learned_anchor_text
+
+
+def test_the_reference_keeps_the_top_tokens_and_the_rest_in_one_bin():
+    logp = torch.log_softmax(torch.randn(5, 300), dim=-1)
+    top = logp.topk(64, dim=-1)
+    rest = loop._rest_logp(logp, top.indices)
+    assert torch.allclose(top.values.exp().sum(-1) + rest.exp(), torch.ones(5), atol=1e-5)
+
+
+def _anchor_drift(model: PeftModel, start: dict[int, Any], batches: list[Any]) -> float:
+    """Mean KL, over anchor tokens, from the predictions the model started with (full vocabulary)."""
+    kls = []
+    with torch.no_grad(), loop.packed_attention(model) as per_example:
+        for r, before in start.items():
+            now = torch.log_softmax(loop._logits(model, batches[r], None, per_example)[batches[r].anchor], -1)
+            kls.append(torch.nn.functional.kl_div(now, before, log_target=True, reduction="batchmean"))
+    return float(torch.stack(kls).mean())
+
+
+def test_anchor_tokens_are_held_to_the_starting_predictions_while_the_lessons_are_learnt(smol_tokenizer, tiny_model_dir,
+                                                                                        tmp_path):
+    # A random model predicts almost uniformly: nothing for the top-k reference to hold. Scaling
+    # its final norm makes its predictions as peaked as a trained model's.
+    peaked = tiny_base(tiny_model_dir)
+    with torch.no_grad():
+        peaked.model.norm.weight.mul_(40)
+    peaked.save_pretrained(tmp_path)
+    tiny_model_dir = tmp_path
+    lessons = [data.normalize_record({"id": str(i), "messages": lesson(i)}) for i in range(4)]
+    examples, _ = data.tokenize_dataset(smol_tokenizer, lessons + anchor_records(), 512)
+    rows = data.pack(examples, 160)
+    batches = [loop._Batch.from_row(row, torch.device("cpu")) for row in rows]
+    start_model = loop.prepare_model(tiny_base(tiny_model_dir), loop.TrainConfig(lora_r=8, lora_alpha=16))
+    with torch.no_grad(), loop.packed_attention(start_model) as per_example:
+        start = {r: torch.log_softmax(loop._logits(start_model, b, None, per_example)[b.anchor], -1)
+                 for r, b in enumerate(batches) if b.anchor.any()}
+        lesson_loss = {r: torch.nn.functional.cross_entropy(
+            loop._logits(start_model, b, None, per_example)[~b.anchor], b.targets[~b.anchor])
+            for r, b in enumerate(batches) if (~b.anchor).any()}
+        # Before any step the model is its own reference: the anchors add nothing to the loss.
+        references = loop.reference_predictions(start_model, batches, None, per_example)
+        for r in start:
+            b = batches[r]
+            lesson_only = torch.nn.functional.cross_entropy(
+                loop._logits(start_model, b, None, per_example)[~b.anchor], b.targets[~b.anchor], reduction="sum")
+            loss = loop._row_loss(start_model, b, None, per_example, references[r], 1.0)
+            assert loss.item() == pytest.approx(lesson_only.item() / len(b.targets), rel=1e-4)
+    assert start
+
+    held, held_metrics = _train_tiny(tiny_model_dir, rows, epochs=8, anchor_kl=1.0)
+    free, free_metrics = _train_tiny(tiny_model_dir, rows, epochs=8, anchor_kl=0.0)
+
+    # Plain SFT moves the anchors' predictions onto their text; the KL term keeps them near the start.
+    held_drift, free_drift = _anchor_drift(held, start, batches), _anchor_drift(free, start, batches)
+    assert held_drift < 0.5 * free_drift  # measured 0.91 against 15.6
+    # ...and the lessons are still learnt.
+    with torch.no_grad(), loop.packed_attention(held) as per_example:
+        for r, before in lesson_loss.items():
+            b = batches[r]
+            after = torch.nn.functional.cross_entropy(loop._logits(held, b, None, per_example)[~b.anchor], b.targets[~b.anchor])
+            assert after < before - 0.5
+
+
 @pytest.mark.parametrize(("targets", "layers"), [("mlp", {"gate_proj", "up_proj", "down_proj"}),
                                                 ("attention", {"q_proj", "k_proj", "v_proj", "o_proj"})])
 def test_lora_targets_narrow_the_adapter_to_the_mlp_or_attention_layers(tiny_model_dir, targets, layers):

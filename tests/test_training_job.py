@@ -88,6 +88,10 @@ async def test_nightly_lifecycle_train_skip_kill_continue(app):
     # beside the lesson, two general questions answered by the student itself (anchor_share 2.0 × 1)
     first_rows = [json.loads(x) for x in (app.settings.home / "runs" / str(first.run_id) / "dataset.jsonl").read_text().splitlines()]
     assert first.anchors == 2 and [r["id"].startswith("anchor-") for r in first_rows] == [False, True, True]
+    # ...marked as anchors, so the trainer holds them to the student's own predictions (KL, anchor_kl)
+    assert [r.get("anchor", False) for r in first_rows] == [False, True, True]
+    run_job = json.loads((app.settings.home / "runs" / str(first.run_id) / "job.json").read_text())
+    assert run_job["config"]["anchor_kl"] == app.settings.training.anchor_kl == 2.0
     assert {r["messages"][1]["content"] for r in first_rows[1:]} <= set(anchors.questions())
     assert first.before is not None and first.after is not None
     adapter_dir = Path(first.adapter)

@@ -50,7 +50,7 @@ async def anchor_examples(
     picked = random.Random(seed).sample(questions(), min(n, len(questions())))
     answers = await asyncio.gather(*(answer_question(backend, student, display_name, q, params) for q in picked))
     return [
-        {"id": f"anchor-{i}", "messages": [
+        {"id": f"anchor-{i}", "anchor": True, "messages": [
             *prompts.ask(display_name), {"role": "user", "content": q},
             {"role": "assistant", "content": a, "train": True, "speaker": f"{student} (anchor)"}]}
         for i, (q, a) in enumerate(zip(picked, answers, strict=True))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +36,15 @@ Record = dict[str, Any]
 
 @dataclass(frozen=True)
 class Example:
-    """One tokenized dialogue; `labels[i]` is `input_ids[i]` where that token is learned, else IGNORE."""
+    """One tokenized dialogue; `labels[i]` is `input_ids[i]` where that token is learned, else IGNORE.
+
+    An anchor's learned tokens are learned differently: toward the distribution the model gave
+    them before training (trainer.loop), not toward the text alone.
+    """
 
     input_ids: list[int]
     labels: list[int]
+    anchor: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class PackedRow:
     labels: list[int]
     position_ids: list[int]  # restart at 0 for every example, as if each ran alone
     seq_ids: list[int]  # which example of the row a token belongs to: 0, 0, ..., 1, 1, ...
+    anchor: list[bool] = field(default_factory=list)  # per token: part of an anchor example (empty: none is)
 
     @property
     def bounds(self) -> list[int]:
@@ -81,12 +87,22 @@ def normalize_message(message: Message) -> Message:
 
 
 def normalize_record(record: Record) -> Record:
-    """Validate one dataset record: `{"id": ..., "messages": [...]}` with every message normalized."""
+    """Validate one dataset record: `{"id": ..., "messages": [...]}` with every message normalized.
+
+    `"anchor": true` marks the student's own answer to a general question (trainer/anchors.py):
+    its tokens keep the model's distribution instead of teaching new text.
+    """
     if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
         raise DatasetError('a record must be an object with a "messages" list')
     if not record["messages"]:
         raise DatasetError("a record needs at least one message")
-    return {"id": str(record.get("id", "")), "messages": [normalize_message(m) for m in record["messages"]]}
+    anchor = record.get("anchor", False)
+    if not isinstance(anchor, bool):
+        raise DatasetError(f"record anchor must be true or false, got {anchor!r}")
+    out = {"id": str(record.get("id", "")), "messages": [normalize_message(m) for m in record["messages"]]}
+    if anchor:
+        out["anchor"] = True
+    return out
 
 
 def load_jsonl(path: str | Path) -> list[Record]:
@@ -115,7 +131,7 @@ def dedupe(records: Iterable[Record]) -> list[Record]:
     seen: set[str] = set()
     unique = []
     for record in records:
-        key = _canonical(record["messages"])
+        key = _canonical(_content(record))
         if key not in seen:
             seen.add(key)
             unique.append(record)
@@ -127,10 +143,15 @@ def data_hash(records: Iterable[Record]) -> str:
 
     Ids are left out on purpose: they name database rows, and the same dialogues
     under new ids train the same adapter. Key order, whitespace and an implicit
-    `train` default do not change the hash.
+    `train` default do not change the hash; marking a record as an anchor does.
     """
-    canonical = [[normalize_message(m) for m in r["messages"]] for r in records]
+    canonical = [_content({**r, "messages": [normalize_message(m) for m in r["messages"]]}) for r in records]
     return hashlib.sha256(_canonical(canonical).encode("utf-8")).hexdigest()
+
+
+def _content(record: Record) -> Any:
+    """What a record trains: its messages, and whether it is an anchor (a plain record keeps its old hash)."""
+    return {"anchor": True, "messages": record["messages"]} if record.get("anchor") else record["messages"]
 
 
 # --- tokenization --------------------------------------------------------------------------------
@@ -234,7 +255,7 @@ def tokenize_dataset(
     for record in records:
         input_ids, labels = tokenize_example(tokenizer, record["messages"], max_seq_len)
         if any(label != IGNORE for label in labels[1:]):
-            examples.append(Example(input_ids, labels))
+            examples.append(Example(input_ids, labels, bool(record.get("anchor"))))
         else:
             dropped += 1
     return examples, dropped
@@ -273,12 +294,14 @@ def _packed_row(examples: Sequence[Example]) -> PackedRow:
     labels: list[int] = []
     position_ids: list[int] = []
     seq_ids: list[int] = []
+    anchor: list[bool] = []
     for k, ex in enumerate(examples):
         input_ids += ex.input_ids
         labels += [IGNORE, *ex.labels[1:]]
         position_ids += range(len(ex.input_ids))
         seq_ids += [k] * len(ex.input_ids)
-    return PackedRow(input_ids, labels, position_ids, seq_ids)
+        anchor += [ex.anchor] * len(ex.input_ids)
+    return PackedRow(input_ids, labels, position_ids, seq_ids, anchor if any(anchor) else [])
 
 
 def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

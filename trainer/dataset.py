@@ -201,13 +201,15 @@ def to_dpo(pair: dict[str, Any]) -> dict[str, Any]:
 
 
 def for_trainer(example: dict[str, Any]) -> dict[str, Any]:
-    """The trainer's JSONL shape: messages with role, content and train flags only."""
+    """The trainer's JSONL shape: messages with role, content and train flags only, and the anchor mark."""
     msgs = []
     for m in example["messages"]:
         out = {"role": m["role"], "content": m["content"]}
         if m["role"] == "assistant":
             out["train"] = bool(m.get("train", True))
         msgs.append(out)
+    if example.get("anchor"):
+        return {"id": example["id"], "anchor": True, "messages": msgs}
     return {"id": example["id"], "messages": msgs}
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
     max_grad_norm: float = 1.0  # gradient clipping; a few odd dialogues cannot blow the adapter up
     autocast: str = "auto"  # "auto", "bf16" or "off"; auto = bf16 on CUDA and on CPUs with bf16 units
+    anchor_kl: float = 2.0  # weight of the pull toward the starting model on anchor tokens; 0 = plain SFT on their text
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ValueError("lora_dropout must be in [0, 1); max_seq_len and batch_tokens at least 8")
         if self.min_steps < 0:
             raise ValueError("min_steps must be 0 or more")
+        if self.anchor_kl < 0:
+            raise ValueError("anchor_kl must be 0 or more")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
         if self.lora_targets not in LORA_TARGETS:
@@ -222,7 +225,9 @@ def train(
 ) -> TrainMetrics:
     """Train the adapter of `model` on packed `rows`, one row per optimizer step; return the metrics.
 
-    The loss is the mean cross-entropy over the learned tokens of the row.
+    The loss is the mean over the learned tokens of the row of: cross-entropy for a lesson's
+    tokens, and for an anchor's tokens (`anchor_kl` > 0) `anchor_kl` times the KL divergence from
+    what the model predicted there before the first step (`reference_predictions`).
     """
     if not rows:
         raise ValueError("nothing to train on: no packed rows")
@@ -237,14 +242,15 @@ def train(
         optimizer, lambda s: lr_factor(s, len(plan), warmup, config.min_lr_ratio)
     )
 
-    model.train()
     losses: list[float] = []
     tokens = label_tokens = 0
     started = time.perf_counter()
     with packed_attention(model) as per_example:
+        references = reference_predictions(model, batches, amp, per_example) if config.anchor_kl > 0 else {}
+        model.train()
         for step, (r, epoch) in enumerate(plan, 1):
             batch = batches[r]
-            loss = _row_loss(model, batch, amp, per_example)
+            loss = _row_loss(model, batch, amp, per_example, references.get(r), config.anchor_kl)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
@@ -340,12 +346,14 @@ class _Batch:
     predict: torch.Tensor  # (1, L) bool: positions whose next token is learned
     targets: torch.Tensor  # (n,) the learned tokens, in the order the True positions appear
     lengths: list[int]  # token count of each example of the row, in order
+    anchor: torch.Tensor  # (n,) bool: which learned tokens belong to anchor examples
 
     @classmethod
     def from_row(cls, row: PackedRow, device: torch.device) -> _Batch:
         labels = torch.tensor(row.labels)
         # Position i predicts token i + 1, so the mask is the labels shifted left by one.
         predict = torch.cat([labels[1:] != IGNORE, torch.tensor([False])])
+        anchor = torch.tensor(row.anchor or [False] * len(row.labels))
         return cls(
             input_ids=torch.tensor([row.input_ids], device=device),
             position_ids=torch.tensor([row.position_ids], device=device),
@@ -353,6 +361,7 @@ class _Batch:
             predict=predict[None].to(device),
             targets=labels[1:][labels[1:] != IGNORE].to(device),
             lengths=[e - s for s, e in pairwise(row.bounds)],
+            anchor=anchor[1:][labels[1:] != IGNORE].to(device),
         )
 
     @property
@@ -364,7 +373,8 @@ class _Batch:
         return self.targets.shape[0]
 
 
-def _row_loss(model: PeftModel, batch: _Batch, amp: torch.dtype | None, per_example: bool) -> torch.Tensor:
+def _logits(model: PeftModel, batch: _Batch, amp: torch.dtype | None, per_example: bool) -> torch.Tensor:
+    """(n, vocab) logits at the row's learned positions, in the order of `batch.targets`."""
     if per_example:
         attention: dict[str, Any] = {"segment_lengths": batch.lengths}
     else:
@@ -379,7 +389,64 @@ def _row_loss(model: PeftModel, batch: _Batch, amp: torch.dtype | None, per_exam
             use_cache=False,
             **attention,
         )
-    return F.cross_entropy(out.logits.float().view(-1, out.logits.shape[-1]), batch.targets)
+    return out.logits.float().view(-1, out.logits.shape[-1])
+
+
+REFERENCE_TOP_K = 64
+"""How much of the starting model's distribution an anchor token keeps: its 64 likeliest tokens,
+each with its own probability, and the rest as one bin. That is ~1 MB for a night's 40 anchors
+where the whole distribution would be ~400 MB (49,152 floats per token for SmolLM2)."""
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The starting model's prediction at a row's anchor tokens, coarsened to top-k + one bin."""
+
+    top: torch.Tensor  # (a, k) token ids
+    logp: torch.Tensor  # (a, k) their log-probabilities
+    rest: torch.Tensor  # (a,) log-probability of every other token together
+
+
+@torch.no_grad()
+def reference_predictions(
+    model: PeftModel, batches: list[_Batch], amp: torch.dtype | None, per_example: bool
+) -> dict[int, _Reference]:
+    """What the model predicts at every anchor token before training, by row index (one forward per row).
+
+    Anchors are the student's own answers to general questions. Cross-entropy on their text
+    keeps only the argmax of each prediction, and after a few dozen steps the student answered
+    other general questions worse (the control set fell 12 -> 6 of 12); matching the whole
+    distribution at weight 2 kept 12 of 12 and learnt more of the lesson (bench/README.md).
+    The reference is the model as training starts: the base with a fresh adapter, or the
+    live adapter a run continues from, which is what answered the anchors.
+    """
+    model.eval()
+    out: dict[int, _Reference] = {}
+    for r, batch in enumerate(batches):
+        if not batch.anchor.any():
+            continue
+        logp = F.log_softmax(_logits(model, batch, amp, per_example)[batch.anchor], dim=-1)
+        top = logp.topk(min(REFERENCE_TOP_K, logp.shape[-1]), dim=-1)
+        out[r] = _Reference(top.indices, top.values, _rest_logp(logp, top.indices))
+    return out
+
+
+def _rest_logp(logp: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """log of the probability of every token outside `top`, per row, computed without cancellation."""
+    return logp.scatter(-1, top, float("-inf")).logsumexp(-1)
+
+
+def _row_loss(model: PeftModel, batch: _Batch, amp: torch.dtype | None, per_example: bool,
+              reference: _Reference | None = None, anchor_kl: float = 0.0) -> torch.Tensor:
+    logits = _logits(model, batch, amp, per_example)
+    if reference is None or anchor_kl == 0:
+        return F.cross_entropy(logits, batch.targets)
+    lesson = ~batch.anchor
+    total = F.cross_entropy(logits[lesson], batch.targets[lesson], reduction="sum") if lesson.any() else logits.sum() * 0
+    logq = F.log_softmax(logits[batch.anchor], dim=-1)
+    q_top, q_rest = logq.gather(-1, reference.top), _rest_logp(logq, reference.top)
+    kl = (reference.logp.exp() * (reference.logp - q_top)).sum(-1) + reference.rest.exp() * (reference.rest - q_rest)
+    return (total + anchor_kl * kl.sum()) / batch.targets.shape[0]
 
 
 def _mask_dtype(model: PeftModel) -> torch.dtype:
