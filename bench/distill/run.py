@@ -306,14 +306,15 @@ def table(result: dict[str, Any]) -> str:
                     f"**{_pct(p['after'], n)}** | {len(p['lessons'])} | {p['turns']} |")
     rows.append("")
     control = f"Control ({c['n']} general questions): {c['before']} → {c['after']} correct. " if c else ""
+    gate = ""
+    if t.get("before") and t.get("after"):
+        gate = (f" Gate, base → candidate: held-out topic {t['before'].get('topic')} → {t['after'].get('topic')}, "
+                f"control {t['before'].get('control')} → {t['after'].get('control')}.")
     rows.append(f"{control}Training: {t['status']}, {t['examples']} examples, {t['tokens']} tokens, "
-                f"{t['seconds']:.0f} s. Whole run: {result['wall_s'] / 60:.1f} min.")
+                f"{t['seconds']:.0f} s.{gate if result.get('scenario', 'packs') == 'packs' else ''} "
+                f"Whole run: {result['wall_s'] / 60:.1f} min.")
     if result.get("scenario", "packs") != "packs":
         shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(result["teacher_shares"].items())) or "none"
-        gate = ""
-        if t.get("before") and t.get("after"):
-            gate = (f" Gate, base → candidate: held-out topic {t['before'].get('topic')} → {t['after'].get('topic')}, "
-                    f"control {t['before'].get('control')} → {t['after'].get('control')}.")
         rows.append(f"Scenario {result['scenario']}: student {result['student']}, teachers "
                     f"{', '.join(sorted(set(result['teachers'].values())))}, lesson header {', '.join(result['directions'])}; "
                     f"teacher shares of the training data: {shares}.{gate}")
@@ -322,6 +323,26 @@ def table(result: dict[str, Any]) -> str:
 
 def _pct(correct: int, n: int) -> str:
     return f"{correct}/{n} ({correct / n:.0%})" if n else "–"
+
+
+def measured(argv: list[str]) -> str:
+    """The line above the table: when, on what machine, with which command, at which commit."""
+    import platform
+    from datetime import date
+    from importlib.metadata import version
+
+    from backends.cpus import usable_cpus
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " with uncommitted changes"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"Measured {date.today().isoformat()} on {usable_cpus()} CPU cores of {platform.machine()} "
+            f"({memory:.0f} GB, torch {version('torch')}), command `bench/distill/run.py {' '.join(argv)}`, "
+            f"at commit {commit}:")
 
 
 def write_readme(text: str) -> None:
@@ -369,7 +390,7 @@ def main() -> None:
     if args.write_readme:
         if args.scenario != "packs":
             raise SystemExit("--write-readme is for the default scenario's table; copy a scenario's table by hand")
-        write_readme(text)
+        write_readme(f"{measured(sys.argv[1:])}\n\n{text}")
 
 
 if __name__ == "__main__":
