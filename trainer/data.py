@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ class PackedRow:
     labels: list[int]
     position_ids: list[int]  # restart at 0 for every example, as if each ran alone
     seq_ids: list[int]  # which example of the row a token belongs to: 0, 0, ..., 1, 1, ...
-    anchor: list[bool] = field(default_factory=list)  # per token: part of an anchor example (empty: none is)
+    anchor: list[bool]  # per token: whether it belongs to an anchor example
 
     @property
     def bounds(self) -> list[int]:
@@ -301,7 +301,7 @@ def _packed_row(examples: Sequence[Example]) -> PackedRow:
         position_ids += range(len(ex.input_ids))
         seq_ids += [k] * len(ex.input_ids)
         anchor += [ex.anchor] * len(ex.input_ids)
-    return PackedRow(input_ids, labels, position_ids, seq_ids, anchor if any(anchor) else [])
+    return PackedRow(input_ids, labels, position_ids, seq_ids, anchor)
 
 
 def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

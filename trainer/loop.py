@@ -353,7 +353,7 @@ class _Batch:
         labels = torch.tensor(row.labels)
         # Position i predicts token i + 1, so the mask is the labels shifted left by one.
         predict = torch.cat([labels[1:] != IGNORE, torch.tensor([False])])
-        anchor = torch.tensor(row.anchor or [False] * len(row.labels))
+        anchor = torch.tensor(row.anchor, dtype=torch.bool)
         return cls(
             input_ids=torch.tensor([row.input_ids], device=device),
             position_ids=torch.tensor([row.position_ids], device=device),
