@@ -311,13 +311,13 @@ def table(result: dict[str, Any]) -> str:
         gate = (f" Gate, base → candidate: held-out topic {t['before'].get('topic')} → {t['after'].get('topic')}, "
                 f"control {t['before'].get('control')} → {t['after'].get('control')}.")
     rows.append(f"{control}Training: {t['status']}, {t['examples']} examples, {t['tokens']} tokens, "
-                f"{t['seconds']:.0f} s.{gate if result.get('scenario', 'packs') == 'packs' else ''} "
+                f"{t['seconds']:.0f} s.{gate} "
                 f"Whole run: {result['wall_s'] / 60:.1f} min.")
     if result.get("scenario", "packs") != "packs":
         shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(result["teacher_shares"].items())) or "none"
         rows.append(f"Scenario {result['scenario']}: student {result['student']}, teachers "
                     f"{', '.join(sorted(set(result['teachers'].values())))}, lesson header {', '.join(result['directions'])}; "
-                    f"teacher shares of the training data: {shares}.{gate}")
+                    f"teacher shares of the training data: {shares}.")
     return "\n".join(rows)
 
 
