@@ -123,9 +123,9 @@ class LessonEngine:
                 if lesson["mode"] == panel.PANEL:
                     step = panel.next_step(len(sections), len(done), teachers, students, lesson["max_turns"])
                 else:
-                    step = next_step(len(sections), len(done), teachers, students, lesson["max_turns"], grounded)
+                    step = next_step(sections, len(done), teachers, students, lesson["max_turns"], grounded)
                 if step is None:
-                    covered = len(done) >= len(sections) * panel.turns_per_section(lesson["mode"], teachers, grounded)
+                    covered = len(done) >= panel.lesson_turns(lesson["mode"], sections, teachers, grounded)
                     reason = "syllabus covered" if covered else "turn limit reached"
                     return await self._finish(lesson_id, "finished", reason, len(done), emit)
                 if stop.is_set():

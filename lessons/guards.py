@@ -87,6 +87,33 @@ def missing_key_terms(reply: str, notes: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+_PRONOUN = re.compile(r"^(?:she|he|it|its|they|their|his|her|this|these)\b", re.I)
+
+
+def answering_sentence(question: str, notes: str) -> str | None:
+    """The sentence of the notes that shares the most content words with a question: where its
+    answer most likely is; with the sentence before it when it opens with a pronoun ("She was
+    elected in 2019" needs "The mayor of Vellmoor is Ada Quill."). None when no sentence shares any."""
+    from lessons.steps import fact_sentences
+
+    facts = fact_sentences(notes)
+    asked = set(_content_words(question))
+    scored = [(sum(_found(w, _words(s)) for w in asked), -i) for i, s in enumerate(facts)]
+    best = max(scored, default=None)
+    if best is None or best[0] == 0:
+        return None
+    i = -best[1]
+    return f"{facts[i - 1]} {facts[i]}" if i and _PRONOUN.match(facts[i]) else facts[i]
+
+
+def unanswered_terms(answer: str, question: str, source: str) -> list[str]:
+    """The numbers and names of `source` (the sentence holding the answer) that the question does not
+    already name and the answer leaves out: "What is the name of the school?" answered "The school
+    is called Vellmoor." when the notes say "the Driftwood School, with 140 pupils"."""
+    asked = _words(question)
+    return [t for t in missing_key_terms(answer, source) if t.lower().replace(",", "").strip("'") not in asked]
+
+
 def key_terms(notes: str) -> list[str]:
     """The numbers and names of a section's notes: what an explanation of it has to mention."""
     return list(dict.fromkeys(_NUMBER.findall(notes) + _NAME.findall(notes)))

@@ -15,6 +15,7 @@ from typing import Any
 
 from lessons import steps
 from lessons.steps import Step
+from lessons.syllabus import Section
 
 PANEL = "panel"
 """The `kind` of a panel answer turn (and the lesson mode)."""
@@ -33,17 +34,23 @@ def check_request(mode: str, teachers: list[str], students: list[str]) -> str | 
     return None
 
 
-def turns_per_section(mode: str, teachers: list[str], grounded: bool = False) -> int:
-    """How many turns one syllabus section takes in this mode (a grounded single or rotate
-    lesson adds a question round, see lessons/steps.py)."""
-    return 2 + len(teachers) if mode == PANEL else len(steps.phases(grounded))
+def turns_per_section(teachers: list[str]) -> int:
+    """How many turns one syllabus section of a panel lesson takes."""
+    return 2 + len(teachers)
+
+
+def lesson_turns(mode: str, sections: list[Section], teachers: list[str], grounded: bool) -> int:
+    """How many turns cover a lesson's whole syllabus in its mode (single and rotate: lessons/steps.py)."""
+    if mode == PANEL:
+        return len(sections) * turns_per_section(teachers)
+    return steps.lesson_turns(sections, grounded)
 
 
 def next_step(n_sections: int, done_turns: int, teachers: list[str], students: list[str], max_turns: int) -> Step | None:
     """The panel turn after `done_turns` turns, or None when the syllabus is covered or the limit reached."""
     if done_turns >= max_turns:
         return None
-    section, phase = divmod(done_turns, turns_per_section(PANEL, teachers))
+    section, phase = divmod(done_turns, turns_per_section(teachers))
     if section >= n_sections:
         return None
     if phase == 0:

@@ -67,7 +67,8 @@ def student_reply(name: str, topic: str, teacher_turn: str) -> list[Message]:
 
 
 def student_question(name: str, topic: str, teacher_turn: str) -> list[Message]:
-    """The student asks one question about what it was just taught (a grounded lesson's question round)."""
+    """The student asks one question about what it was just taught (a grounded lesson's question
+    round): `teacher_turn` is the one sentence of the notes this round is about."""
     return [
         {
             "role": "system",
@@ -92,9 +93,9 @@ def answer(name: str, topic: str, section: Section, question: str) -> list[Messa
     ]
 
 
-def fallback_question(section: Section) -> str:
+def fallback_question(section: Section, question_round: int = 0) -> str:
     """What the student asks when its own attempts at a question were unusable."""
-    return f"What should I remember about {section.title.rstrip(' .?!')}?"
+    return f"What {'else ' if question_round else ''}should I remember about {section.title.rstrip(' .?!')}?"
 
 
 # Fixed wording of the prompts above that a small teacher sometimes copies into its reply

@@ -4,13 +4,15 @@ A section of a single or rotate lesson is taught in three turns:
   1. the teacher explains one point and asks a check question ("explain"),
   2. the student answers or asks a follow-up ("reply"),
   3. the teacher confirms or corrects and restates the key fact ("correct").
-A grounded lesson (one taught from a source document) adds a question round:
-  4. the student asks one question about the section's facts ("ask"),
+A grounded lesson (one taught from a source document) adds question rounds, one per fact
+sentence of the section's notes, up to MAX_QUESTION_ROUNDS:
+  4. the student asks one question about that sentence's facts ("ask"),
   5. the teacher answers it from the notes ("answer").
 Members test a student with questions (/ask, quizzes), and facts a student met only as a
 lecture are often not recalled when asked: a question with its grounded answer is the shape
-the student will be tested in. Ungrounded lessons don't get the round, because an ungrounded
-teacher's answer adds no facts its explanation lacked.
+the student will be tested in. One round per sentence means every fact of a short section is
+asked about, not just the first one a student happens to pick. Ungrounded lessons don't get
+the rounds, because an ungrounded teacher's answer adds no facts its explanation lacked.
 
 Panel lessons have their own order (lessons/panel.py). Which order a lesson follows depends
 only on what is stored with it (mode, teachers, source), so a resumed lesson continues where
@@ -19,10 +21,15 @@ it stopped.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from lessons.syllabus import Section
 
 PHASES = ("explain", "reply", "correct")
 QUESTION_ROUND = ("ask", "answer")
+MAX_QUESTION_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -33,26 +40,58 @@ class Step:
     speaker: str
     kind: str
     section: int
+    question_round: int = 0  # which question round of its section an "ask" or "answer" belongs to
 
 
-def phases(grounded: bool) -> tuple[str, ...]:
-    """The turn kinds of one section of a single or rotate lesson."""
-    return PHASES + QUESTION_ROUND if grounded else PHASES
+_SENTENCE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]*[A-Z0-9])|\n\s*\n")
+_WORD = re.compile(r"[A-Za-z]{3,}|\d+")
+
+
+def fact_sentences(notes: str) -> list[str]:
+    """A section's notes as sentences, leaving out those too short to hold a fact ("Yes.")."""
+    parts = (" ".join(p.split()) for p in _SENTENCE.split(notes.strip()))
+    return [p for p in parts if len(_WORD.findall(p)) >= 3]
+
+
+def focus_sentences(section: Section) -> list[str]:
+    """The sentence each question round of a grounded section asks about: every one, or for a
+    long section MAX_QUESTION_ROUNDS spread over it."""
+    facts = fact_sentences(section.text)
+    if len(facts) <= MAX_QUESTION_ROUNDS:
+        return facts
+    return [facts[k * len(facts) // MAX_QUESTION_ROUNDS] for k in range(MAX_QUESTION_ROUNDS)]
+
+
+def section_kinds(section: Section, grounded: bool) -> tuple[str, ...]:
+    """The turn kinds of one section of a single or rotate lesson, in order."""
+    if not grounded:
+        return PHASES
+    return PHASES + QUESTION_ROUND * max(1, len(focus_sentences(section)))
+
+
+def lesson_turns(sections: Sequence[Section], grounded: bool) -> int:
+    """How many turns cover the whole syllabus."""
+    return sum(len(section_kinds(s, grounded)) for s in sections)
 
 
 def next_step(
-    n_sections: int, done_turns: int, teachers: list[str], students: list[str], max_turns: int, grounded: bool = False
+    sections: Sequence[Section], done_turns: int, teachers: list[str], students: list[str], max_turns: int,
+    grounded: bool = False,
 ) -> Step | None:
     """The turn after `done_turns` turns, or None when the syllabus is covered or the limit reached.
 
     Teachers and students rotate by section."""
     if done_turns >= max_turns:
         return None
-    kinds = phases(grounded)
-    section, phase = divmod(done_turns, len(kinds))
-    if section >= n_sections:
-        return None
-    kind = kinds[phase]
-    if kind in ("reply", "ask"):
-        return Step(role="student", speaker=students[section % len(students)], kind=kind, section=section)
-    return Step(role="teacher", speaker=teachers[section % len(teachers)], kind=kind, section=section)
+    phase = done_turns
+    for section, notes in enumerate(sections):
+        kinds = section_kinds(notes, grounded)
+        if phase < len(kinds):
+            kind, qr = kinds[phase], max(0, phase - len(PHASES)) // len(QUESTION_ROUND)
+            if kind in ("reply", "ask"):
+                return Step(role="student", speaker=students[section % len(students)], kind=kind, section=section,
+                            question_round=qr)
+            return Step(role="teacher", speaker=teachers[section % len(teachers)], kind=kind, section=section,
+                        question_round=qr)
+        phase -= len(kinds)
+    return None

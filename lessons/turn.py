@@ -3,8 +3,12 @@
 The engine decides whose turn it is and stores what comes back; this module decides what a
 usable turn is. A reply is tried again (up to RETRIES more times, warmer each time) when it is
 empty, echoes the last turns, or, for a teacher, copies its prompt's wording, invents names or
-numbers its notes lack, strays from them, or leaves out most of their facts. If every attempt
-falls short, the attempt with the fewest problems is kept.
+numbers its notes lack, strays from them, or leaves out most of their facts (for an answer to
+the student's question, or a correction after the check question: most of the facts of the
+notes' sentence that answers it). If every attempt falls short, the attempt with the fewest
+problems is kept; for a grounded answer or correction, the notes' own sentence is quoted
+instead, since a wrong answer to a direct question is exactly what the student would learn to
+give.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from typing import Any
 
 from backends.base import ChatBackend, GenParams, Message, Usage
 from backends.registry import ModelRegistry
-from lessons import panel, prompts
+from lessons import panel, prompts, steps
 from lessons.errors import LessonError
 from lessons.events import Listener, TokenStreamed, TurnStarted
 from lessons.guards import (
     MIN_SUPPORT,
+    answering_sentence,
     asks_about_notes,
     clean_reply,
     copied_phrases,
@@ -31,6 +36,7 @@ from lessons.guards import (
     missing_key_terms,
     names_other_speaker,
     notes_support,
+    unanswered_terms,
     ungrounded_terms,
 )
 from lessons.steps import Step
@@ -88,6 +94,7 @@ async def write_turn(
     params = models.params(step.speaker)
     await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
     grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
+    question = _question_answered(step, done)
     best: tuple[list[str], str, Usage] | None = None
     confirmation: tuple[str, Usage] | None = None
     for attempt in range(RETRIES + 1):
@@ -103,7 +110,8 @@ async def write_turn(
             text = end_at_question(text)
         elif step.kind == "ask":
             text = prompts.check_question(text) or ""  # only the question, without the student's preamble
-            if text and section.text and not asks_about_notes(text, f"{section.title}\n{section.text}"):
+            about = _focus(section, step) or section.text
+            if text and section.text and not asks_about_notes(text, f"{section.title}\n{about}"):
                 log.info("lesson %s: %s asked about nothing in the section: %r", lesson["id"], step.speaker, text)
                 text = ""  # tried again, and in the end replaced by a question about the section
         if text and step.kind in ("correct", "answer") and is_echo(text, recent):
@@ -111,26 +119,32 @@ async def write_turn(
         if not text or is_echo(text, recent):
             log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
             continue
-        found = problems(text, step, section, grounding)
+        found = problems(text, step, section, grounding, question)
         if best is None or len(found) < len(best[0]):
             best = (found, text, usage)
         if not found:
             break
         log.info("lesson %s: %s: %s (attempt %d)", lesson["id"], step.speaker, "; ".join(found), attempt + 1)
     if best is not None:
+        quote = answering_sentence(question, section.text) if best[0] and question and grounding else None
+        if quote is not None:  # every attempt invented, strayed or missed the answer: quote the notes instead
+            log.info("lesson %s: %s answers with its notes' own sentence", lesson["id"], step.speaker)
+            return Draft(quote, step.kind, best[2])
         return Draft(best[1], step.kind, best[2])
     if confirmation is not None:
         return Draft(confirmation[0], step.kind, confirmation[1])
     if step.role == "teacher":
         raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
     if step.kind == "ask":
-        return Draft(prompts.fallback_question(section), step.kind, Usage())
+        return Draft(prompts.fallback_question(section, step.question_round), step.kind, Usage())
     return Draft(STUDENT_FALLBACK, "fallback", Usage())
 
 
-def problems(text: str, step: Step, section: Section, grounding: str | None) -> list[str]:
+def problems(text: str, step: Step, section: Section, grounding: str | None, question: str | None = None) -> list[str]:
     """Why a teacher's turn should be tried again: it copied its prompt's wording; grounded, it names
-    names or numbers its notes don't have, or (an explanation) no more than half of the notes' ones."""
+    names or numbers its notes don't have, or (an explanation) no more than half of the notes' ones,
+    or (an answer to the student's `question`, or a correction after the check question) no more
+    than half of those in the notes' sentence that answers it."""
     if step.role != "teacher":
         return []
     found = [f"copied its prompt ({p})" for p in copied_phrases(text, prompts.SCAFFOLD)]
@@ -145,6 +159,12 @@ def problems(text: str, step: Step, section: Section, grounding: str | None) -> 
         missing = missing_key_terms(text, section.text)
         if keys and len(missing) * 2 >= len(keys):
             found += [f"left out {t}" for t in missing]
+    source = answering_sentence(question, section.text) if question else None
+    if source is not None:
+        keys = unanswered_terms("", question, source)
+        missing = unanswered_terms(text, question, source)
+        if len(missing) * 2 > len(keys):  # it names fewer than half of them
+            found += [f"left out {t}" for t in missing]
     return found
 
 
@@ -156,11 +176,28 @@ def _messages(topic: str, step: Step, section: Section, name: str, done: list[di
     if step.kind == "reply":
         return prompts.student_reply(name, topic, teacher_turn)
     if step.kind == "ask":
-        return prompts.student_question(name, topic, teacher_turn)
+        focus = _focus(section, step)  # "She was elected in 2019" needs its section's title to ask about
+        return prompts.student_question(name, topic, f"{section.title}: {focus}" if focus else teacher_turn)
     if step.kind == "answer":
         return prompts.answer(name, topic, section, in_section[-1]["content"])
     student_turn = next((t["content"] for t in in_section if t["role"] == "student"), "")
     return prompts.correct(name, topic, section, teacher_turn, student_turn)
+
+
+def _question_answered(step: Step, done: list[dict[str, Any]]) -> str | None:
+    """The question a teacher's turn answers: the student's (an answer), or its own check question (a correction)."""
+    in_section = [t for t in done if t["section"] == step.section]
+    if step.kind == "answer" and in_section:
+        return in_section[-1]["content"]
+    if step.kind == "correct" and in_section:
+        return prompts.check_question(in_section[0]["content"])
+    return None
+
+
+def _focus(section: Section, step: Step) -> str | None:
+    """The notes' sentence a question round asks about (lessons/steps.py), if the section has one."""
+    focus = steps.focus_sentences(section)
+    return focus[step.question_round] if step.question_round < len(focus) else None
 
 
 async def _stream(

@@ -8,7 +8,8 @@ import pytest
 
 from lessons.engine import LessonEngine, LessonError, LessonRequest, next_step
 from lessons.events import LessonFinished, LessonStarted, TokenStreamed, TurnFinished
-from lessons.syllabus import sections_from_plan, sections_from_source
+from lessons.steps import fact_sentences, focus_sentences, lesson_turns
+from lessons.syllabus import Section, sections_from_plan, sections_from_source
 from lessons.turn import STUDENT_FALLBACK
 from storage import AsyncStore, open_db
 from storage import lessons as q
@@ -53,11 +54,33 @@ async def run_lesson(engine, turns=9, **kw):
 
 
 def test_next_step_cycles_explain_reply_correct_and_rotates_by_section():
-    steps = [next_step(3, i, ["a", "b"], ["x"], 100) for i in range(10)]
+    sections = [Section(f"point {i}") for i in range(3)]
+    steps = [next_step(sections, i, ["a", "b"], ["x"], 100) for i in range(10)]
     assert [s.kind for s in steps[:6]] == ["explain", "reply", "correct"] * 2
     assert [s.speaker for s in steps[:6]] == ["a", "x", "a", "b", "x", "b"]
     assert steps[9] is None  # three sections of three turns: covered
-    assert next_step(3, 4, ["a"], ["x"], 4) is None  # turn limit
+    assert next_step(sections, 4, ["a"], ["x"], 4) is None  # turn limit
+
+
+def test_a_grounded_section_gets_one_question_round_per_fact_sentence():
+    sections = [
+        Section("Harbour", "The harbour has a green lighthouse called the Tallow Lamp. The ferry leaves at 7 o'clock."),
+        Section("Bell", "The Bell House was built in 1642."),
+        Section("Long", " ".join(f"Fact number {i} is about thing {i}." for i in range(9))),
+    ]
+    steps = [next_step(sections, i, ["a"], ["x"], 100, grounded=True) for i in range(30)]
+    kinds = [s.kind for s in steps if s is not None]
+    qa = ["ask", "answer"]
+    assert kinds == ["explain", "reply", "correct", *qa * 2, "explain", "reply", "correct", *qa,
+                     "explain", "reply", "correct", *qa * 3]  # a long section: MAX_QUESTION_ROUNDS
+    assert [(s.kind, s.section, s.question_round) for s in steps[3:7]] == [
+        ("ask", 0, 0), ("answer", 0, 0), ("ask", 0, 1), ("answer", 0, 1)]
+    assert lesson_turns(sections, grounded=True) == len(kinds) and steps[len(kinds)] is None
+    # each round of the long section asks about a different part of it, from its start to its end
+    assert focus_sentences(sections[2]) == ["Fact number 0 is about thing 0.", "Fact number 3 is about thing 3.",
+                                            "Fact number 6 is about thing 6."]
+    assert fact_sentences("Yes. The ferry (the Gull) leaves at 7 o'clock! It takes 40 minutes.\n\nOk") == [
+        "The ferry (the Gull) leaves at 7 o'clock!", "It takes 40 minutes."]
 
 
 def test_source_sections_follow_headings_and_cover_everything():
@@ -135,7 +158,7 @@ async def test_a_grounded_teacher_inventing_facts_is_retried_and_the_grounded_re
         return next(replies) if "Teach me these notes" in last else "Yes. The gate code of Vellmoor is 4471."
 
     prof = ScriptedBackend("prof", teacher)
-    doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
+    doc = "The gate code of Vellmoor is 4471, and it opens the north gate of the town wall for visitors."
     lid, outcome, _ = await run_lesson(make_engine(store, teacher=prof), turns=5, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
     assert outcome.reason == "syllabus covered"
@@ -150,7 +173,7 @@ async def test_a_grounded_explanation_leaving_out_the_notes_facts_is_retried(sto
     def teacher(messages):
         return next(replies) if "Teach me these notes" in messages[-1]["content"] else "Yes: the code is 4471."
 
-    doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
+    doc = "The gate code of Vellmoor is 4471, and it opens the north gate of the town wall for visitors."
     lid, _, _ = await run_lesson(make_engine(store, teacher=ScriptedBackend("prof", teacher)), turns=3,
                                  source_name="v.md", source_text=doc)
     assert (await store.call(q.turns, lid))[0]["content"] == "The gate code of Vellmoor is 4471. What is it?"
@@ -261,7 +284,7 @@ async def test_a_grounded_section_ends_with_the_students_own_question_answered_f
     answers: list[str] = []
     student = ScriptedBackend("kid", ["Maybe a fisherman.", "Interesting! Who runs the ferry?"])
     prof = ScriptedBackend("prof", teacher)
-    doc = "The mayor of Vellmoor is Ada Quill. Ada Quill also runs the ferry to the mainland every morning."
+    doc = "The mayor of Vellmoor is Ada Quill, who also runs the ferry to the mainland every morning."
     lid, outcome, _ = await run_lesson(make_engine(store, teacher=prof, student=student), turns=20,
                                        source_name="v.md", source_text=doc)
     assert outcome.reason == "syllabus covered"
@@ -276,8 +299,43 @@ async def test_a_grounded_section_ends_with_the_students_own_question_answered_f
     assert len(answers) == 2 and answers[0].startswith("Notes on ") and "runs the ferry to the mainland" in answers[0]
 
 
+async def test_each_question_round_asks_about_the_next_sentence_of_the_notes(store):
+    doc = "# The mayor\nThe mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper."
+    student = ScriptedBackend("kid", ["Maybe a fisherman.", "Who is the mayor of Vellmoor?", "When was the mayor elected?"])
+    lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=20, source_name="v.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert outcome.reason == "syllabus covered"
+    assert [t["kind"] for t in turns] == ["explain", "reply", "correct", "ask", "answer", "ask", "answer"]
+    asked = [c[-1]["content"] for c in student.calls[1:]]
+    assert asked[0].startswith("The mayor: The mayor of Vellmoor is Ada Quill.\n") and "2019" not in asked[0]
+    assert asked[1].startswith("The mayor: She was elected in 2019 and used to be a beekeeper.\n")
+    assert [t["content"] for t in turns if t["kind"] == "ask"] == ["Who is the mayor of Vellmoor?", "When was the mayor elected?"]
+
+
+async def test_a_teacher_whose_every_answer_misses_the_answer_quotes_its_notes_instead(store):
+    """Answers to the student's question and corrections after the check question alike."""
+    doc = "Vellmoor has one school, the Driftwood School, with 140 pupils, and a harbour."
+
+    def teacher(messages):
+        last = messages[-1]["content"]
+        if "Teach me these notes" in last:
+            return "Vellmoor has one school, the Driftwood School, with 140 pupils. How many pupils?"
+        if "My question:" in last:
+            return "The school is called Vellmoor."  # every attempt: true words, wrong answer
+        return "Right, well done!"  # a correction that restates nothing
+
+    student = ScriptedBackend("kid", ["140.", "What is the name of the school?"])
+    prof = ScriptedBackend("prof", teacher)
+    lid, outcome, _ = await run_lesson(make_engine(store, teacher=prof, student=student), turns=20,
+                                       source_name="v.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert sum("My question:" in c[-1]["content"] for c in prof.calls) == 3  # tried, then retried twice
+    assert (turns[-1]["kind"], turns[-1]["content"]) == ("answer", doc)
+    assert (turns[2]["kind"], turns[2]["content"]) == ("correct", doc)  # after "How many pupils?"
+
+
 async def test_a_student_with_no_usable_question_asks_the_fallback_one(store):
-    doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
+    doc = "The gate code of Vellmoor is 4471, and it opens the north gate of the town wall for visitors."
     student = ScriptedBackend("kid", ["Maybe 12?", "I like gates."])  # its "question" has no question in it
     lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=5, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
@@ -286,7 +344,7 @@ async def test_a_student_with_no_usable_question_asks_the_fallback_one(store):
 
 
 async def test_a_student_question_about_nothing_in_the_section_is_replaced_by_one_about_it(store):
-    doc = "The gate code of Vellmoor is 4471. It opens the north gate of the town wall for visitors."
+    doc = "The gate code of Vellmoor is 4471, and it opens the north gate of the town wall for visitors."
     student = ScriptedBackend("kid", ["Maybe 12?", "What is the answer to this question?"])
     lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=5, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)

@@ -119,3 +119,47 @@ def test_a_grounded_teacher_turn_that_strays_from_its_notes_stays_as_context_but
     [conversation] = lesson_examples(db, lid)  # the check question's pair is gone with its stray correction
     trained = {m["content"]: m["train"] for m in conversation["messages"] if m["role"] == "assistant"}
     assert trained == {"About 2,300 people live in Vellmoor. How many people live there?": True, stray: False}
+
+
+def test_each_question_round_of_a_section_becomes_its_own_pair():
+    turns = [*TURNS,
+             _turn(4, "student", "ask", "In which sea is Vellmoor?", speaker="kid"),
+             _turn(5, "teacher", "answer", "Vellmoor is in the Quiet Sea."),
+             _turn(6, "student", "ask", "Who is the mayor?", speaker="kid"),
+             _turn(7, "teacher", "answer", "The mayor is Ada Quill.")]
+    pairs = question_examples(turns, "Kid", excluded={5}, blocked=set())
+    assert [(m[1]["content"], m[2]["content"]) for m in pairs] == [
+        ("How many people live there?", "About 2,300 people live in Vellmoor."),
+        ("Who is the mayor?", "The mayor is Ada Quill.")]  # round one's answer was voted down: its pair is gone
+
+
+def test_a_grounded_teacher_turn_naming_what_its_notes_lack_is_not_trained(tmp_path):
+    from storage import lessons as lq
+    from storage import open_db
+    from trainer.dataset import lesson_examples
+
+    db = open_db(tmp_path / "c.db")
+    lid = lq.create_lesson(db, topic="Vellmoor", teachers=["prof"], students=["kid"], max_turns=3, source_id=None)
+    lq.set_syllabus(db, lid, [{"title": "The town", "text": NOTES}])
+    # mostly the notes' own words (notes_support passes), but with an invented hall and year
+    invented = "About 2,300 people live in Vellmoor, in the Quiet Sea, and the mayor Ada Quill built the Main Hall in 3957."
+    for role, content in (("teacher", "About 2,300 people live in Vellmoor. How many people live there?"),
+                          ("student", "Maybe ten thousand?"), ("teacher", invented)):
+        lq.add_turn(db, lesson_id=lid, speaker="prof" if role == "teacher" else "kid", role=role, content=content, section=0)
+    [conversation] = lesson_examples(db, lid)
+    trained = {m["content"]: m["train"] for m in conversation["messages"] if m["role"] == "assistant"}
+    assert trained == {"About 2,300 people live in Vellmoor. How many people live there?": True, invented: False}
+
+
+def test_an_answer_is_checked_against_the_notes_sentence_that_answers_the_question():
+    from lessons.guards import answering_sentence, unanswered_terms
+
+    notes = "Vellmoor has one school, the Driftwood School, with 140 pupils. Most islanders work with seaweed."
+    question = "What is the name of the school?"
+    source = answering_sentence(question, notes)
+    assert source == "Vellmoor has one school, the Driftwood School, with 140 pupils."
+    assert unanswered_terms("The school is called Vellmoor.", question, source) == ["140", "Driftwood"]
+    assert unanswered_terms("It is the Driftwood School; 140 pupils go there.", question, source) == []
+    assert answering_sentence("What colour is the sky?", notes) is None  # nothing in the notes is about it
+    mayor = "The mayor of Vellmoor is Ada Quill. She was elected in 2019 and she used to be a beekeeper."
+    assert answering_sentence("Who was elected to be a beekeeper?", mayor) == mayor  # "She" needs its sentence before

@@ -19,9 +19,9 @@ from tests.scripted import ScriptedBackend, scripted_registry
 from trainer import dataset
 
 SOURCE = (
-    "# The gate\nThe gate code of Vellmoor is 4471. Travellers must say it to the warden at dusk, or they wait"
-    " outside until dawn.\n\n# The ferry\nAda Quill runs the ferry across the Vell river. It leaves every hour from"
-    " the north pier and costs two copper coins."
+    "# The gate\nThe gate code of Vellmoor is 4471, and travellers must say it to the warden at dusk or wait"
+    " outside until dawn.\n\n# The ferry\nAda Quill runs the ferry across the Vell river, every hour from"
+    " the north pier, for two copper coins."
 )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from lessons import panel, prompts
-from lessons.guards import MIN_SUPPORT, notes_support
+from lessons.guards import MIN_SUPPORT, notes_support, ungrounded_terms
 from storage import lessons as q
 from storage import votes as v
 
@@ -53,7 +53,7 @@ def lesson_examples(
         return []
     blocked = set(no_train_teachers)
     sections = _sections(db, lesson_id)
-    excluded = v.excluded_turn_ids(db, lesson_id) | _straying_turn_ids(lesson, sections)
+    excluded = v.excluded_turn_ids(db, lesson_id) | _unfaithful_turn_ids(lesson, sections)
     titles = [s.get("title", "") for s in lesson["syllabus"]]
     ballots = v.ballot_counts(db, lesson_id)
     examples = []
@@ -73,20 +73,25 @@ def lesson_examples(
     return examples
 
 
-def _straying_turn_ids(lesson: dict[str, Any], sections: list[tuple[int, list[dict[str, Any]]]]) -> set[int]:
-    """A grounded lesson's teacher turns that kept too little to their notes (`guards.notes_support`).
+def _unfaithful_turn_ids(lesson: dict[str, Any], sections: list[tuple[int, list[dict[str, Any]]]]) -> set[int]:
+    """A grounded lesson's teacher turns that kept too little to their notes (`guards.notes_support`)
+    or name names or numbers the notes don't have (`guards.ungrounded_terms`).
 
     The engine retries such a turn, but keeps the best attempt when none is good enough; that
-    turn stays in the lesson as context and is not trained on, like a turn members voted down.
+    turn stays in the lesson as context and is not trained on, like a turn members voted down:
+    a correction that says "built in 1642, and the Main Hall in 3957" would teach an invented fact.
     """
     notes = [s.get("text") or "" for s in lesson["syllabus"]]
-    return {
-        t["id"]
-        for section, turns in sections
-        if 0 <= section < len(notes) and notes[section]
-        for t in turns
-        if t["role"] == "teacher" and notes_support(t["content"], f"{lesson['topic']}\n{notes[section]}") < MIN_SUPPORT
-    }
+    unfaithful = set()
+    for section, turns in sections:
+        if not 0 <= section < len(notes) or not notes[section]:
+            continue
+        grounding = f"{lesson['topic']}\n{notes[section]}"
+        for t in turns:
+            if t["role"] == "teacher" and (notes_support(t["content"], grounding) < MIN_SUPPORT
+                                           or ungrounded_terms(t["content"], grounding)):
+                unfaithful.add(t["id"])
+    return unfaithful
 
 
 _VERDICT = re.compile(r"^(?:(?:yes|no|correct|incorrect|right|wrong|exactly|not quite|almost|great|good|well done|"
@@ -98,9 +103,10 @@ def question_examples(
 ) -> list[list[dict[str, Any]]]:
     """A section's questions and their answers as plain /ask-shaped conversations.
 
-    Two pairs come from a section: the teacher's check question (the one its explanation ends
-    on), answered by its correction with the verdict on the student's attempt ("Not quite.")
-    dropped; and, in a grounded lesson, the student's own question with the teacher's answer.
+    The pairs of a section: the teacher's check question (the one its explanation ends on),
+    answered by its correction with the verdict on the student's attempt ("Not quite.")
+    dropped; and, in a grounded lesson, each of the student's own questions (one per question
+    round, lessons/steps.py) with the teacher's answer to it.
     Asked directly, without the lesson around them, they are the shape of every /ask and quiz
     question: facts learnt only as a lecture are often not recalled when asked. Only answers
     that may be trained on count: not voted down (`excluded` turn ids) and not from a model
@@ -110,14 +116,18 @@ def question_examples(
         return next((t for t in turns if t["role"] == role and t["kind"] == kind), None)
 
     explain, correction = first("teacher", "explain"), first("teacher", "correct")
-    asked, answer = first("student", "ask"), first("teacher", "answer")
     pairs = []
     if explain is not None and correction is not None:
         question = prompts.check_question(explain["content"])
         if question is not None:
             pairs.append((question, correction, _VERDICT.sub("", correction["content"]).strip()))
-    if asked is not None and answer is not None:
-        pairs.append((asked["content"], answer, answer["content"].strip()))
+    asked = None
+    for turn in turns:
+        if turn["role"] == "student" and turn["kind"] == "ask":
+            asked = turn
+        elif turn["role"] == "teacher" and turn["kind"] == "answer" and asked is not None:
+            pairs.append((asked["content"], turn, turn["content"].strip()))
+            asked = None
     return [
         [*prompts.ask(student_name), {"role": "user", "content": question},
          {"role": "assistant", "content": text or turn["content"], "train": True, "turn_id": turn["id"],
