@@ -143,7 +143,7 @@ async def write_turn(
 def problems(text: str, step: Step, section: Section, grounding: str | None, question: str | None = None) -> list[str]:
     """Why a teacher's turn should be tried again: it copied its prompt's wording; grounded, it names
     names or numbers its notes don't have, or (an explanation) no more than half of the notes' ones,
-    or (an answer to the student's `question`, or a correction after the check question) no more
+    or (an answer to the student's `question`, or a correction after the check question) fewer
     than half of those in the notes' sentence that answers it."""
     if step.role != "teacher":
         return []
