@@ -169,13 +169,18 @@ def notes_support(reply: str, notes: str) -> float:
     return sum(_found(w, have) for w in words) / len(words)
 
 
-def asks_about_notes(question: str, notes: str) -> bool:
-    """Whether a student's question names anything its section's notes talk about.
+def asks_about_notes(question: str, notes: str, known: str = "") -> bool:
+    """Whether a student's question names anything its section's notes talk about, beyond the
+    words of `known` (the section's title and the topic), when the notes have any.
 
-    A small student often asks a question about nothing ("What is the answer to this question?");
-    the teacher then answers with any fact, and the pair would teach the student to answer an
-    empty question with that fact. Such a question is replaced by one about the section."""
+    A small student often asks a question about nothing ("What is the answer to this question?",
+    "What's a good question to ask someone who knows Quillfeather Kites?"); the teacher then
+    answers with any fact, and the pair would teach the student to answer an empty question with
+    that fact. Such a question is replaced by one about the section."""
     have = _words(notes)
+    specific = have - _words(known) - {w + "s" for w in _words(known)} - {w.rstrip("s") for w in _words(known)}
+    if any(w for w in specific if w.isdigit() or (len(w) >= 4 and w not in _STOPWORDS)):
+        have = specific
     return any(_found(w, have) for w in _content_words(question))
 
 

@@ -95,6 +95,7 @@ async def write_turn(
     await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
     grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
     question = _question_answered(step, done)
+    source = _answer_source(question, step, section) if grounding else None
     best: tuple[list[str], str, Usage] | None = None
     confirmation: tuple[str, Usage] | None = None
     for attempt in range(RETRIES + 1):
@@ -111,7 +112,7 @@ async def write_turn(
         elif step.kind == "ask":
             text = prompts.check_question(text) or ""  # only the question, without the student's preamble
             about = _focus(section, step) or section.text
-            if text and section.text and not asks_about_notes(text, f"{section.title}\n{about}"):
+            if text and section.text and not asks_about_notes(text, about, f"{section.title} {lesson['topic']}"):
                 log.info("lesson %s: %s asked about nothing in the section: %r", lesson["id"], step.speaker, text)
                 text = ""  # tried again, and in the end replaced by a question about the section
         if text and step.kind in ("correct", "answer") and is_echo(text, recent):
@@ -119,17 +120,16 @@ async def write_turn(
         if not text or is_echo(text, recent):
             log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
             continue
-        found = problems(text, step, section, grounding, question)
+        found = problems(text, step, section, grounding, question, source)
         if best is None or len(found) < len(best[0]):
             best = (found, text, usage)
         if not found:
             break
         log.info("lesson %s: %s: %s (attempt %d)", lesson["id"], step.speaker, "; ".join(found), attempt + 1)
     if best is not None:
-        quote = answering_sentence(question, section.text) if best[0] and question and grounding else None
-        if quote is not None:  # every attempt invented, strayed or missed the answer: quote the notes instead
+        if best[0] and source is not None:  # every attempt invented, strayed or missed the answer: quote the notes
             log.info("lesson %s: %s answers with its notes' own sentence", lesson["id"], step.speaker)
-            return Draft(quote, step.kind, best[2])
+            return Draft(source, step.kind, best[2])
         return Draft(best[1], step.kind, best[2])
     if confirmation is not None:
         return Draft(confirmation[0], step.kind, confirmation[1])
@@ -140,11 +140,12 @@ async def write_turn(
     return Draft(STUDENT_FALLBACK, "fallback", Usage())
 
 
-def problems(text: str, step: Step, section: Section, grounding: str | None, question: str | None = None) -> list[str]:
+def problems(text: str, step: Step, section: Section, grounding: str | None, question: str | None = None,
+             source: str | None = None) -> list[str]:
     """Why a teacher's turn should be tried again: it copied its prompt's wording; grounded, it names
     names or numbers its notes don't have, or (an explanation) no more than half of the notes' ones,
     or (an answer to the student's `question`, or a correction after the check question) fewer
-    than half of those in the notes' sentence that answers it."""
+    than half of those in `source`, the notes' sentence that answers it."""
     if step.role != "teacher":
         return []
     found = [f"copied its prompt ({p})" for p in copied_phrases(text, prompts.SCAFFOLD)]
@@ -159,8 +160,7 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
         missing = missing_key_terms(text, section.text)
         if keys and len(missing) * 2 >= len(keys):
             found += [f"left out {t}" for t in missing]
-    source = answering_sentence(question, section.text) if question else None
-    if source is not None:
+    if question is not None and source is not None:
         keys = unanswered_terms("", question, source)
         missing = unanswered_terms(text, question, source)
         if len(missing) * 2 > len(keys):  # it names fewer than half of them
@@ -192,6 +192,18 @@ def _question_answered(step: Step, done: list[dict[str, Any]]) -> str | None:
     if step.kind == "correct" and in_section:
         return prompts.check_question(in_section[0]["content"])
     return None
+
+
+def _answer_source(question: str | None, step: Step, section: Section) -> str | None:
+    """The notes' sentence that answers `question`: for the canned question a student falls back
+    to ("What else should I remember about …?"), the sentence its round is about; else the one
+    sharing the most words with it (guards.answering_sentence)."""
+    if question is None:
+        return None
+    focus = _focus(section, step)
+    if step.kind == "answer" and focus and question == prompts.fallback_question(section, step.question_round):
+        return answering_sentence(focus, section.text)  # the focus itself, with the sentence before a "She …"
+    return answering_sentence(question, section.text)
 
 
 def _focus(section: Section, step: Step) -> str | None:

@@ -334,6 +334,31 @@ async def test_a_teacher_whose_every_answer_misses_the_answer_quotes_its_notes_i
     assert (turns[2]["kind"], turns[2]["content"]) == ("correct", doc)  # after "How many pupils?"
 
 
+async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_checked_against_its_sentence(store):
+    doc = ("# Quillfeather Kites\nQuillfeather Kites is a kite company. It was founded in 1987 by twin sisters, "
+           "Mara and Jessa Holt, in the village of Dunmere.")
+    generic = "What's a good question to ask someone who knows Quillfeather Kites?"  # names nothing of its sentence
+
+    def teacher(messages):
+        last = messages[-1]["content"]
+        if "Teach me these notes" in last:
+            return "Quillfeather Kites is a kite company founded in 1987 by Mara and Jessa Holt. Who founded it?"
+        if "My question: What else" in last:
+            return "Quillfeather Kites is a kite company."  # true, but not the round's sentence
+        return "Quillfeather Kites is a kite company founded by Mara and Jessa Holt."
+
+    student = ScriptedBackend("kid", ["The Holts.", "Which company makes kites?", generic, generic, generic])
+    lid, outcome, _ = await run_lesson(make_engine(store, teacher=ScriptedBackend("prof", teacher), student=student),
+                                       turns=20, source_name="v.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert [(t["kind"], t["content"]) for t in turns[5:]] == [
+        ("ask", "What else should I remember about Quillfeather Kites?"),
+        # the answer to the canned question must hold the round's sentence: the teacher's didn't, so it is
+        # quoted, with the sentence its "It" stands for
+        ("answer", "Quillfeather Kites is a kite company. It was founded in 1987 by twin sisters, Mara and Jessa Holt,"
+                   " in the village of Dunmere.")]
+
+
 async def test_a_student_with_no_usable_question_asks_the_fallback_one(store):
     doc = "The gate code of Vellmoor is 4471, and it opens the north gate of the town wall for visitors."
     student = ScriptedBackend("kid", ["Maybe 12?", "I like gates."])  # its "question" has no question in it
