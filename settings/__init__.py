@@ -138,7 +138,7 @@ class TrainingSettings(_Strict):
     timezone: str = "UTC"
     epochs: float = Field(3.0, gt=0)
     min_steps: int = Field(120, ge=0)
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
