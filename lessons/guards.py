@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import re
 
+from lessons.steps import fact_sentences
+
 _LABEL = re.compile(r"^\s*[*_]*\s*([^\n:*_]{1,40}?)\s*[*_]*\s*:\s*")
 _ROLE_TAGS = re.compile(r"<\|im_(?:start|end)\|>(?:assistant|user|system)?|<\|(?:assistant|user|system|eot_id|end)\|>")
 
@@ -92,17 +94,22 @@ _PRONOUN = re.compile(r"^(?:she|he|it|its|they|their|his|her|this|these)\b", re.
 
 def answering_sentence(question: str, notes: str) -> str | None:
     """The sentence of the notes that shares the most content words with a question: where its
-    answer most likely is; with the sentence before it when it opens with a pronoun ("She was
-    elected in 2019" needs "The mayor of Vellmoor is Ada Quill."). None when no sentence shares any."""
-    from lessons.steps import fact_sentences
-
+    answer most likely is (`in_context`). None when no sentence shares any."""
     facts = fact_sentences(notes)
     asked = set(_content_words(question))
-    scored = [(sum(_found(w, _words(s)) for w in asked), -i) for i, s in enumerate(facts)]
+    scored = [(sum(_found(w, have) for w in asked), -i) for i, have in enumerate(map(_words, facts))]
     best = max(scored, default=None)
-    if best is None or best[0] == 0:
-        return None
-    i = -best[1]
+    return None if best is None or best[0] == 0 else _in_context(facts, -best[1])
+
+
+def in_context(sentence: str, notes: str) -> str:
+    """A sentence of the notes, with the one before it when it opens with a pronoun ("She was
+    elected in 2019" needs "The mayor of Vellmoor is Ada Quill.")."""
+    facts = fact_sentences(notes)
+    return _in_context(facts, facts.index(sentence)) if sentence in facts else sentence
+
+
+def _in_context(facts: list[str], i: int) -> str:
     return f"{facts[i - 1]} {facts[i]}" if i and _PRONOUN.match(facts[i]) else facts[i]
 
 
@@ -177,9 +184,9 @@ def asks_about_notes(question: str, notes: str, known: str = "") -> bool:
     "What's a good question to ask someone who knows Quillfeather Kites?"); the teacher then
     answers with any fact, and the pair would teach the student to answer an empty question with
     that fact. Such a question is replaced by one about the section."""
-    have = _words(notes)
-    specific = have - _words(known) - {w + "s" for w in _words(known)} - {w.rstrip("s") for w in _words(known)}
-    if any(w for w in specific if w.isdigit() or (len(w) >= 4 and w not in _STOPWORDS)):
+    have, named = _words(notes), _words(known)
+    specific = {w for w in have if not _found(w, named)}
+    if any(map(_is_content, specific)):
         have = specific
     return any(_found(w, have) for w in _content_words(question))
 
@@ -190,8 +197,11 @@ def _words(text: str) -> set[str]:
 
 def _content_words(text: str) -> list[str]:
     """Numbers, and words of four or more letters that are not function words."""
-    return [w for w in re.findall(r"[a-z0-9']+", text.lower().replace(",", ""))
-            if (w.isdigit() or len(w) >= 4) and w not in _STOPWORDS]
+    return [w for w in re.findall(r"[a-z0-9']+", text.lower().replace(",", "")) if _is_content(w)]
+
+
+def _is_content(word: str) -> bool:
+    return (word.isdigit() or len(word) >= 4) and word not in _STOPWORDS
 
 
 def _found(word: str, have: set[str]) -> bool:

@@ -87,11 +87,9 @@ def next_step(
     for section, notes in enumerate(sections):
         kinds = section_kinds(notes, grounded)
         if phase < len(kinds):
-            kind, qr = kinds[phase], max(0, phase - len(PHASES)) // len(QUESTION_ROUND)
-            if kind in ("reply", "ask"):
-                return Step(role="student", speaker=students[section % len(students)], kind=kind, section=section,
-                            question_round=qr)
-            return Step(role="teacher", speaker=teachers[section % len(teachers)], kind=kind, section=section,
-                        question_round=qr)
+            kind = kinds[phase]
+            role, cast = ("student", students) if kind in ("reply", "ask") else ("teacher", teachers)
+            return Step(role=role, speaker=cast[section % len(cast)], kind=kind, section=section,
+                        question_round=max(0, phase - len(PHASES)) // len(QUESTION_ROUND))
         phase -= len(kinds)
     return None

@@ -31,6 +31,7 @@ from lessons.guards import (
     clean_reply,
     copied_phrases,
     end_at_question,
+    in_context,
     is_echo,
     key_terms,
     missing_key_terms,
@@ -202,7 +203,7 @@ def _answer_source(question: str | None, step: Step, section: Section) -> str | 
         return None
     focus = _focus(section, step)
     if step.kind == "answer" and focus and question == prompts.fallback_question(section, step.question_round):
-        return answering_sentence(focus, section.text)  # the focus itself, with the sentence before a "She …"
+        return in_context(focus, section.text)
     return answering_sentence(question, section.text)
 
 

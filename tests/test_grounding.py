@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lessons.guards import copied_phrases, end_at_question, key_terms, missing_key_terms, ungrounded_terms
 from lessons.prompts import SCAFFOLD, check_question
 from trainer.dataset import question_examples
@@ -104,7 +106,13 @@ def test_notes_support_is_the_share_of_a_replys_content_words_found_in_the_notes
     assert notes_support("Yes!", NOTES) == 1.0  # nothing to check
 
 
-def test_a_grounded_teacher_turn_that_strays_from_its_notes_stays_as_context_but_is_not_trained(tmp_path):
+@pytest.mark.parametrize("correction", [
+    # strays: most of its words are not in the notes
+    "Vellmoor has been around for centuries and is known for its unique blend of traditions.",
+    # mostly the notes' own words (notes_support passes), but with an invented hall and year
+    "About 2,300 people live in Vellmoor, in the Quiet Sea, and the mayor Ada Quill built the Main Hall in 3957.",
+], ids=["strays", "invents"])
+def test_a_grounded_teacher_turn_that_strays_or_invents_stays_as_context_but_is_not_trained(tmp_path, correction):
     from storage import lessons as lq
     from storage import open_db
     from trainer.dataset import lesson_examples
@@ -112,13 +120,12 @@ def test_a_grounded_teacher_turn_that_strays_from_its_notes_stays_as_context_but
     db = open_db(tmp_path / "c.db")
     lid = lq.create_lesson(db, topic="Vellmoor", teachers=["prof"], students=["kid"], max_turns=3, source_id=None)
     lq.set_syllabus(db, lid, [{"title": "The town", "text": NOTES}])
-    stray = "Vellmoor has been around for centuries and is known for its unique blend of traditions."
     for role, content in (("teacher", "About 2,300 people live in Vellmoor. How many people live there?"),
-                          ("student", "Maybe ten thousand?"), ("teacher", stray)):
+                          ("student", "Maybe ten thousand?"), ("teacher", correction)):
         lq.add_turn(db, lesson_id=lid, speaker="prof" if role == "teacher" else "kid", role=role, content=content, section=0)
-    [conversation] = lesson_examples(db, lid)  # the check question's pair is gone with its stray correction
+    [conversation] = lesson_examples(db, lid)  # the check question's pair is gone with its correction
     trained = {m["content"]: m["train"] for m in conversation["messages"] if m["role"] == "assistant"}
-    assert trained == {"About 2,300 people live in Vellmoor. How many people live there?": True, stray: False}
+    assert trained == {"About 2,300 people live in Vellmoor. How many people live there?": True, correction: False}
 
 
 def test_each_question_round_of_a_section_becomes_its_own_pair():
@@ -131,24 +138,6 @@ def test_each_question_round_of_a_section_becomes_its_own_pair():
     assert [(m[1]["content"], m[2]["content"]) for m in pairs] == [
         ("How many people live there?", "About 2,300 people live in Vellmoor."),
         ("Who is the mayor?", "The mayor is Ada Quill.")]  # round one's answer was voted down: its pair is gone
-
-
-def test_a_grounded_teacher_turn_naming_what_its_notes_lack_is_not_trained(tmp_path):
-    from storage import lessons as lq
-    from storage import open_db
-    from trainer.dataset import lesson_examples
-
-    db = open_db(tmp_path / "c.db")
-    lid = lq.create_lesson(db, topic="Vellmoor", teachers=["prof"], students=["kid"], max_turns=3, source_id=None)
-    lq.set_syllabus(db, lid, [{"title": "The town", "text": NOTES}])
-    # mostly the notes' own words (notes_support passes), but with an invented hall and year
-    invented = "About 2,300 people live in Vellmoor, in the Quiet Sea, and the mayor Ada Quill built the Main Hall in 3957."
-    for role, content in (("teacher", "About 2,300 people live in Vellmoor. How many people live there?"),
-                          ("student", "Maybe ten thousand?"), ("teacher", invented)):
-        lq.add_turn(db, lesson_id=lid, speaker="prof" if role == "teacher" else "kid", role=role, content=content, section=0)
-    [conversation] = lesson_examples(db, lid)
-    trained = {m["content"]: m["train"] for m in conversation["messages"] if m["role"] == "assistant"}
-    assert trained == {"About 2,300 people live in Vellmoor. How many people live there?": True, invented: False}
 
 
 def test_an_answer_is_checked_against_the_notes_sentence_that_answers_the_question():
