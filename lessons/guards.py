@@ -63,7 +63,7 @@ def _normalise(text: str) -> str:
 
 
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
-_NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-zA-Z'-]+")  # a capitalised word inside a sentence
+_NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-zA-Z'-]*[a-zA-Z]")  # a capitalised word inside a sentence ("Comet" of "Comet-9")
 
 
 def ungrounded_terms(reply: str, notes: str) -> list[str]:
@@ -92,14 +92,20 @@ def missing_key_terms(reply: str, notes: str) -> list[str]:
 _PRONOUN = re.compile(r"^(?:she|he|it|its|they|their|his|her|this|these)\b", re.I)
 
 
-def answering_sentence(question: str, notes: str) -> str | None:
-    """The sentence of the notes that shares the most content words with a question: where its
-    answer most likely is (`in_context`). None when no sentence shares any."""
+def answering_sentence(question: str, notes: str, known: str = "", prefer: str | None = None) -> str | None:
+    """The sentence of the notes that shares the most content words with a question, leaving out the
+    words of `known` (the topic and title, which most sentences share): where its answer most likely
+    is (`in_context`). On a tie, or when no sentence shares a word, `prefer` (the sentence the
+    question was asked about), if given; else the first of the tied, or None."""
     facts = fact_sentences(notes)
-    asked = set(_content_words(question))
-    scored = [(sum(_found(w, have) for w in asked), -i) for i, have in enumerate(map(_words, facts))]
+    named = _words(known)
+    asked = {w for w in _content_words(question) if not _found(w, named)}
+    scored = [(sum(_found(w, have) for w in asked), fact == prefer, -i)
+              for i, (fact, have) in enumerate(zip(facts, map(_words, facts), strict=True))]
     best = max(scored, default=None)
-    return None if best is None or best[0] == 0 else _in_context(facts, -best[1])
+    if best is None or (best[0] == 0 and prefer not in facts):
+        return None
+    return _in_context(facts, -best[2])
 
 
 def in_context(sentence: str, notes: str) -> str:
@@ -119,6 +125,21 @@ def unanswered_terms(answer: str, question: str, source: str) -> list[str]:
     is called Vellmoor." when the notes say "the Driftwood School, with 140 pupils"."""
     asked = _words(question)
     return [t for t in missing_key_terms(answer, source) if t.lower().replace(",", "").strip("'") not in asked]
+
+
+def other_facts(answer: str, asked: str, source: str, notes: str) -> list[str]:
+    """Content words of an answer that its notes have, but only outside `source` (the sentence that
+    answers the question) and not in `asked` (the question, topic and title): facts of other
+    sentences mixed into the answer.
+
+    A 135M teacher answering "What's the Driftwood School?" from its notes wrote "Vellmoor is a
+    school of 140 students that specializes in the cultivation and use of seaweed": every word is
+    in the notes, but "seaweed" belongs to the sentence about the island's export, and the pair
+    would teach that the school grows seaweed. Lexical checks can't tell a wrong relation from a
+    right one; an answer that keeps to the one sentence that answers the question can't build one.
+    """
+    have, own = _words(notes), _words(source) | _words(asked)
+    return list(dict.fromkeys(w for w in _content_words(answer) if _found(w, have) and not _found(w, own)))
 
 
 def key_terms(notes: str) -> list[str]:
@@ -191,8 +212,16 @@ def asks_about_notes(question: str, notes: str, known: str = "") -> bool:
     return any(_found(w, have) for w in _content_words(question))
 
 
+def mentions(text: str, subject: str) -> bool:
+    """Whether `text` names `subject`: every content word of it ("Which Quillfeather kites sell
+    best?" names "Quillfeather Kites"; "Which kites sell best?" could be about anyone's)."""
+    have = _words(text)
+    return all(_found(w, have) for w in _content_words(subject))
+
+
 def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z0-9']+", text.lower().replace(",", "")))
+    """The words of a text, lowercased, a possessive's "'s" dropped ("Vellmoor's" is "vellmoor")."""
+    return {w.removesuffix("'s") for w in re.findall(r"[a-z0-9']+", text.lower().replace(",", ""))}
 
 
 def _content_words(text: str) -> list[str]:
@@ -205,4 +234,5 @@ def _is_content(word: str) -> bool:
 
 
 def _found(word: str, have: set[str]) -> bool:
+    word = word.removesuffix("'s")
     return word in have or word.rstrip("s") in have or word + "s" in have

@@ -66,17 +66,28 @@ def student_reply(name: str, topic: str, teacher_turn: str) -> list[Message]:
     ]
 
 
-def student_question(name: str, topic: str, teacher_turn: str) -> list[Message]:
-    """The student asks one question about what it was just taught (a grounded lesson's question
-    round): `teacher_turn` is the one sentence of the notes this round is about."""
-    return [
-        {
-            "role": "system",
-            "content": f"You are {name}, a curious student learning about {topic}.",
-        },
-        {"role": "user", "content": f"{teacher_turn}\n\nAsk me one short question about a name, number or fact "
-         "in what I just said, to check you will remember it. Write only the question."},
-    ]
+# Two worked examples, about nothing any lesson teaches, show the shape of the question wanted. A
+# 135M student told only "ask one short question about this" answers "What's that?" or restates
+# the fact; shown two facts turned into questions it mostly writes a real question that names
+# the fact's subject ("What's the number of people living in Vellmoor?").
+QUESTION_SHOTS = (
+    ("The town library opens at 9 o'clock on Mondays.", "When does the town library open on Mondays?"),
+    ("The bakery on Elm Street is run by Tom Reed, a former sailor.", "Who runs the bakery on Elm Street?"),
+)
+
+
+def student_question(name: str, topic: str, fact: str) -> list[Message]:
+    """The student asks one question that `fact` answers (a grounded lesson's question round:
+    `fact` is the notes' sentence the round is about, with the one before it when it needs it)."""
+    messages: list[Message] = [{
+        "role": "system",
+        "content": f"You are {name}, a curious student learning about {topic}. "
+        "You turn a fact into one short question that the fact answers.",
+    }]
+    for shown, question in QUESTION_SHOTS:
+        messages += [{"role": "user", "content": f"Fact: {shown}"}, {"role": "assistant", "content": question}]
+    messages.append({"role": "user", "content": f"Fact about {topic}: {fact}"})
+    return messages
 
 
 def answer(name: str, topic: str, section: Section, question: str) -> list[Message]:
@@ -132,9 +143,31 @@ _QUESTION_LABEL = re.compile(r"^(?:question|q)\s*\d*\s*[:.)]\s*", re.I)
 
 def check_question(teacher_turn: str) -> str | None:
     """The question a teacher's explanation ends on (its last sentence ending in '?'), if any."""
-    sentences = re.split(r"(?<=[.!?])\s+|\n+", teacher_turn.strip())
-    questions = [s.strip(" *_\"") for s in sentences if s.strip().rstrip("*_\"").endswith("?")]
+    questions = [s for s in _sentences(teacher_turn) if s.endswith("?")]
     question = _QUESTION_LABEL.sub("", questions[-1]) if questions else None
+    return _sized(question)
+
+
+def asked_question(student_turn: str) -> str | None:
+    """A student's last question, with the questions right before it ("What's the Moth? What kind
+    of kite is it?": the second alone doesn't say what it asks about), without the rest of the
+    turn; None if it asks none."""
+    runs: list[list[str]] = [[]]
+    for sentence in _sentences(student_turn):
+        if sentence.endswith("?"):
+            runs[-1].append(_QUESTION_LABEL.sub("", sentence))
+        elif runs[-1]:
+            runs.append([])
+    last = next((run for run in reversed(runs) if run), None)
+    return _sized(" ".join(last)) if last else None
+
+
+def _sentences(text: str) -> list[str]:
+    parts = (s.strip().strip(" *_\"") for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()))
+    return [s for s in parts if s]
+
+
+def _sized(question: str | None) -> str | None:
     return question if question and 8 <= len(question) <= 300 else None
 
 

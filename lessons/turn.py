@@ -3,10 +3,10 @@
 The engine decides whose turn it is and stores what comes back; this module decides what a
 usable turn is. A reply is tried again (up to RETRIES more times, warmer each time) when it is
 empty, echoes the last turns, or, for a teacher, copies its prompt's wording, invents names or
-numbers its notes lack, strays from them, or leaves out most of their facts (for an answer to
-the student's question, or a correction after the check question: most of the facts of the
-notes' sentence that answers it). If every attempt falls short, the attempt with the fewest
-problems is kept; for a grounded answer or correction, the notes' own sentence is quoted
+numbers its notes lack, strays from them, leaves out their facts (an explanation: most of the
+section's; an answer to the student's question, or a correction: any of the notes' sentence that
+answers it) or mixes in another sentence's. If every attempt falls short, the attempt with the
+fewest problems is kept; for a grounded answer or correction, the notes' own sentence is quoted
 instead, since a wrong answer to a direct question is exactly what the student would learn to
 give.
 """
@@ -37,10 +37,11 @@ from lessons.guards import (
     missing_key_terms,
     names_other_speaker,
     notes_support,
+    other_facts,
     unanswered_terms,
     ungrounded_terms,
 )
-from lessons.steps import Step
+from lessons.steps import Step, fact_sentences
 from lessons.syllabus import Section
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,10 @@ async def write_turn(
     await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
     grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
     question = _question_answered(step, done)
-    source = _answer_source(question, step, section) if grounding else None
+    known = f"{lesson['topic']} {section.title}"
+    source = _answer_source(question, step, section, known) if grounding else None
     best: tuple[list[str], str, Usage] | None = None
-    confirmation: tuple[str, Usage] | None = None
+    confirmation: tuple[list[str], str, Usage] | None = None
     for attempt in range(RETRIES + 1):
         if attempt:
             params = replace(params, temperature=max(params.temperature, 0.7), seed=(params.seed or 0) + attempt)
@@ -111,29 +113,29 @@ async def write_turn(
         if step.kind == "explain":
             text = end_at_question(text)
         elif step.kind == "ask":
-            text = prompts.check_question(text) or ""  # only the question, without the student's preamble
+            text = prompts.asked_question(text) or ""  # only the question, without the student's preamble
             about = _focus(section, step) or section.text
             if text and section.text and not asks_about_notes(text, about, f"{section.title} {lesson['topic']}"):
                 log.info("lesson %s: %s asked about nothing in the section: %r", lesson["id"], step.speaker, text)
                 text = ""  # tried again, and in the end replaced by a question about the section
-        if text and step.kind in ("correct", "answer") and is_echo(text, recent):
-            confirmation = confirmation or (text, usage)  # restating a right answer is still an answer
+        if text and step.kind in ("correct", "answer") and is_echo(text, recent) and confirmation is None:
+            # restating a right answer is still an answer, if no attempt says something new
+            confirmation = (problems(text, step, section, grounding, question, source, known), text, usage)
         if not text or is_echo(text, recent):
             log.info("lesson %s: %s gave an unusable reply (attempt %d)", lesson["id"], step.speaker, attempt + 1)
             continue
-        found = problems(text, step, section, grounding, question, source)
+        found = problems(text, step, section, grounding, question, source, known)
         if best is None or len(found) < len(best[0]):
             best = (found, text, usage)
         if not found:
             break
         log.info("lesson %s: %s: %s (attempt %d)", lesson["id"], step.speaker, "; ".join(found), attempt + 1)
+    best = best or confirmation
     if best is not None:
         if best[0] and source is not None:  # every attempt invented, strayed or missed the answer: quote the notes
             log.info("lesson %s: %s answers with its notes' own sentence", lesson["id"], step.speaker)
             return Draft(source, step.kind, best[2])
         return Draft(best[1], step.kind, best[2])
-    if confirmation is not None:
-        return Draft(confirmation[0], step.kind, confirmation[1])
     if step.role == "teacher":
         raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
     if step.kind == "ask":
@@ -142,11 +144,18 @@ async def write_turn(
 
 
 def problems(text: str, step: Step, section: Section, grounding: str | None, question: str | None = None,
-             source: str | None = None) -> list[str]:
+             source: str | None = None, known: str = "") -> list[str]:
     """Why a teacher's turn should be tried again: it copied its prompt's wording; grounded, it names
     names or numbers its notes don't have, or (an explanation) no more than half of the notes' ones,
-    or (an answer to the student's `question`, or a correction after the check question) fewer
-    than half of those in `source`, the notes' sentence that answers it."""
+    or (an answer to the student's `question`, or a correction of the check question's exchange) any
+    of those of `source`, the notes' sentence that answers it, that neither the question nor `known`
+    (the topic and the section's title: "Vellmoor" is not a fact to tell) names, or it mixes in
+    the facts of other sentences of the notes (`guards.other_facts`).
+
+    An answer is held to the whole sentence, not to the part the question asked about: a student
+    that learns "It was founded in 1987 by Mara and Jessa Holt" as the answer to "Who founded
+    it?" gives that same sentence when asked where it was founded, so the sentence's other facts
+    ("in the village of Dunmere") have to be in it too."""
     if step.role != "teacher":
         return []
     found = [f"copied its prompt ({p})" for p in copied_phrases(text, prompts.SCAFFOLD)]
@@ -162,10 +171,11 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
         if keys and len(missing) * 2 >= len(keys):
             found += [f"left out {t}" for t in missing]
     if question is not None and source is not None:
-        keys = unanswered_terms("", question, source)
-        missing = unanswered_terms(text, question, source)
-        if len(missing) * 2 > len(keys):  # it names fewer than half of them
-            found += [f"left out {t}" for t in missing]
+        answering = (fact_sentences(source) or [source])[-1]  # not the sentence before, there to say who "she" is
+        found += [f"left out {t}" for t in unanswered_terms(text, f"{question} {known}", answering)]
+        mixed = other_facts(text, f"{question} {known}", source, section.text)
+        if mixed:
+            found.append(f"mixes in other facts ({', '.join(mixed)})")
     return found
 
 
@@ -177,8 +187,8 @@ def _messages(topic: str, step: Step, section: Section, name: str, done: list[di
     if step.kind == "reply":
         return prompts.student_reply(name, topic, teacher_turn)
     if step.kind == "ask":
-        focus = _focus(section, step)  # "She was elected in 2019" needs its section's title to ask about
-        return prompts.student_question(name, topic, f"{section.title}: {focus}" if focus else teacher_turn)
+        focus = _focus(section, step)  # "She was elected in 2019" needs the sentence that says who "she" is
+        return prompts.student_question(name, topic, in_context(focus, section.text) if focus else teacher_turn)
     if step.kind == "answer":
         return prompts.answer(name, topic, section, in_section[-1]["content"])
     student_turn = next((t["content"] for t in in_section if t["role"] == "student"), "")
@@ -186,25 +196,26 @@ def _messages(topic: str, step: Step, section: Section, name: str, done: list[di
 
 
 def _question_answered(step: Step, done: list[dict[str, Any]]) -> str | None:
-    """The question a teacher's turn answers: the student's (an answer), or its own check question (a correction)."""
+    """The question a teacher's turn answers: the student's (an answer), or for a correction its own
+    check question with what the student said to it. A correction corrects that exchange, and a
+    small teacher's check question often names nothing ("What does the sentence mean?"): the
+    student's "Moth, a tiny kite for children" says the correction is about the Moth's sentence."""
     in_section = [t for t in done if t["section"] == step.section]
     if step.kind == "answer" and in_section:
         return in_section[-1]["content"]
     if step.kind == "correct" and in_section:
-        return prompts.check_question(in_section[0]["content"])
+        return f"{prompts.check_question(in_section[0]['content']) or ''} {in_section[-1]['content']}".strip()
     return None
 
 
-def _answer_source(question: str | None, step: Step, section: Section) -> str | None:
-    """The notes' sentence that answers `question`: for the canned question a student falls back
-    to ("What else should I remember about …?"), the sentence its round is about; else the one
-    sharing the most words with it (guards.answering_sentence)."""
+def _answer_source(question: str | None, step: Step, section: Section, known: str) -> str | None:
+    """The notes' sentence that answers `question`: the one sharing the most words with it besides
+    those of `known` (the topic and title), and in a question round, on a tie or when none shares
+    any (the canned "What else should I remember about …?"), the sentence the round is about."""
     if question is None:
         return None
-    focus = _focus(section, step)
-    if step.kind == "answer" and focus and question == prompts.fallback_question(section, step.question_round):
-        return in_context(focus, section.text)
-    return answering_sentence(question, section.text)
+    focus = _focus(section, step) if step.kind == "answer" else None
+    return answering_sentence(question, section.text, known, prefer=focus)
 
 
 def _focus(section: Section, step: Step) -> str | None:

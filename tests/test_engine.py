@@ -307,8 +307,9 @@ async def test_each_question_round_asks_about_the_next_sentence_of_the_notes(sto
     assert outcome.reason == "syllabus covered"
     assert [t["kind"] for t in turns] == ["explain", "reply", "correct", "ask", "answer", "ask", "answer"]
     asked = [c[-1]["content"] for c in student.calls[1:]]
-    assert asked[0].startswith("The mayor: The mayor of Vellmoor is Ada Quill.\n") and "2019" not in asked[0]
-    assert asked[1].startswith("The mayor: She was elected in 2019 and used to be a beekeeper.\n")
+    # the round's sentence, with the one before it when it opens with "She"
+    assert asked[0].endswith(": The mayor of Vellmoor is Ada Quill.")
+    assert asked[1].endswith(": The mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper.")
     assert [t["content"] for t in turns if t["kind"] == "ask"] == ["Who is the mayor of Vellmoor?", "When was the mayor elected?"]
 
 
@@ -351,10 +352,13 @@ async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_check
     lid, outcome, _ = await run_lesson(make_engine(store, teacher=ScriptedBackend("prof", teacher), student=student),
                                        turns=20, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
-    assert [(t["kind"], t["content"]) for t in turns[5:]] == [
+    assert [(t["kind"], t["content"]) for t in turns[3:]] == [
+        ("ask", "Which company makes kites?"),
+        # round one is about the first sentence: the founders belong to the second, so they are left to it
+        ("answer", "Quillfeather Kites is a kite company."),
         ("ask", "What else should I remember about Quillfeather Kites?"),
-        # the answer to the canned question must hold the round's sentence: the teacher's didn't, so it is
-        # quoted, with the sentence its "It" stands for
+        # the answer to the canned question must hold the round's sentence: the teacher's (which repeats
+        # round one's answer) didn't, so it is quoted, with the sentence its "It" stands for
         ("answer", "Quillfeather Kites is a kite company. It was founded in 1987 by twin sisters, Mara and Jessa Holt,"
                    " in the village of Dunmere.")]
 
@@ -379,3 +383,25 @@ async def test_a_student_question_about_nothing_in_the_section_is_replaced_by_on
     student = ScriptedBackend("kid", ["Maybe 12?", "Which gate does the code open?"])
     lid, _, _ = await run_lesson(make_engine(store, student=student), turns=5, source_name="v.md", source_text=doc)
     assert (await store.call(q.turns, lid))[3]["content"] == "Which gate does the code open?"
+
+
+async def test_a_correction_is_held_to_the_sentence_the_exchange_was_about_even_without_a_check_question(store):
+    doc = "# The kites\nThe best-selling kite is the Comet-9, a crimson stunt kite. The company also makes the Moth, a tiny kite."
+    moth = "The company also makes the Moth, a tiny kite."
+    corrections: list[str] = []
+
+    def teacher(messages):
+        last = messages[-1]["content"]
+        if "Teach me these notes" in last:
+            return "The Comet-9 is a crimson stunt kite. The Moth is a tiny kite."  # no check question
+        if "Check my answer" in last:
+            corrections.append(last)
+            return "Right! The Moth is a crimson stunt kite."  # the Comet-9's facts, pinned on the Moth
+        return "The Comet-9 is a crimson stunt kite."
+
+    student = ScriptedBackend("kid", ["The Moth, a tiny kite.", "What is the best-selling kite?", "What is the Moth?"])
+    lid, _, _ = await run_lesson(make_engine(store, teacher=ScriptedBackend("prof", teacher), student=student),
+                                 turns=3, source_name="k.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert len(corrections) == 3  # tried, then retried twice: "crimson" and "stunt" belong to the other sentence
+    assert (turns[2]["kind"], turns[2]["content"]) == ("correct", moth)  # the Moth's sentence, quoted

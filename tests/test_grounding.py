@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lessons.guards import copied_phrases, end_at_question, key_terms, missing_key_terms, ungrounded_terms
-from lessons.prompts import SCAFFOLD, check_question
-from trainer.dataset import question_examples
+from lessons.prompts import SCAFFOLD, asked_question, check_question, student_question
+from trainer.dataset import about, question_examples
 
 NOTES = "Vellmoor is a small island town in the Quiet Sea. About 2,300 people live there. The mayor is Ada Quill."
 
@@ -37,6 +37,25 @@ def test_the_check_question_is_the_last_question_of_the_explanation():
     assert check_question("Vellmoor is small. That is all.") is None
     assert check_question("The ferry leaves at 7. Question: When does it leave?") == "When does it leave?"
     assert check_question("The ferry leaves at 7. Q2) When does it leave?") == "When does it leave?"
+
+
+def test_a_students_question_keeps_the_questions_that_say_what_it_asks_about():
+    assert asked_question("What's the Moth? What kind of kite is it?") == "What's the Moth? What kind of kite is it?"
+    assert asked_question("Interesting! Who runs the ferry?") == "Who runs the ferry?"
+    assert asked_question("Who runs it? Tell me. When does the ferry leave? I wonder.") == "When does the ferry leave?"
+    assert asked_question("Question: How many pupils?") == "How many pupils?"
+    assert asked_question("The ferry leaves at 7 o'clock.") is None  # a restated fact asks nothing
+    assert asked_question("Why?") is None  # too short to say what it asks
+
+
+def test_the_student_is_shown_how_a_fact_becomes_a_question_then_given_its_fact():
+    messages = student_question("Kid", "Vellmoor", "The mayor of Vellmoor is Ada Quill.")
+    assert messages[0]["role"] == "system" and "Kid" in messages[0]["content"]
+    shots = messages[1:-1]
+    assert [m["role"] for m in shots] == ["user", "assistant"] * (len(shots) // 2) and shots
+    assert all(m["content"].endswith("?") for m in shots if m["role"] == "assistant")
+    assert not any("Vellmoor" in m["content"] for m in shots)  # the examples teach nothing of the lesson
+    assert messages[-1] == {"role": "user", "content": "Fact about Vellmoor: The mayor of Vellmoor is Ada Quill."}
 
 
 def _turn(tid, role, kind, content, speaker="prof"):
@@ -140,6 +159,18 @@ def test_each_question_round_of_a_section_becomes_its_own_pair():
         ("Who is the mayor?", "The mayor is Ada Quill.")]  # round one's answer was voted down: its pair is gone
 
 
+def test_a_pairs_question_that_does_not_name_the_lessons_topic_is_asked_about_it():
+    pairs = question_examples([*TURNS, _turn(4, "student", "ask", "Who is Vellmoor's mayor?", speaker="kid"),
+                               _turn(5, "teacher", "answer", "The mayor is Ada Quill.")],
+                              "Kid", excluded=set(), blocked=set(), topic="Vellmoor")
+    # asked alone, "How many people live there?" would be about any place the student was taught
+    assert [m[1]["content"] for m in pairs] == ["About Vellmoor: How many people live there?", "Who is Vellmoor's mayor?"]
+    assert about("What is the opposite of hot?", "what a stock is") == "About what a stock is: What is the opposite of hot?"
+    assert about("What is a stock?", "what a stock is") == "What is a stock?"  # "what" and "is" name nothing
+    assert about("Which kites sell best?", "Quillfeather Kites") == "About Quillfeather Kites: Which kites sell best?"
+    assert about("Which Quillfeather kite sells best?", "Quillfeather Kites") == "Which Quillfeather kite sells best?"
+
+
 def test_an_answer_is_checked_against_the_notes_sentence_that_answers_the_question():
     from lessons.guards import answering_sentence, unanswered_terms
 
@@ -152,3 +183,61 @@ def test_an_answer_is_checked_against_the_notes_sentence_that_answers_the_questi
     assert answering_sentence("What colour is the sky?", notes) is None  # nothing in the notes is about it
     mayor = "The mayor of Vellmoor is Ada Quill. She was elected in 2019 and she used to be a beekeeper."
     assert answering_sentence("Who was elected to be a beekeeper?", mayor) == mayor  # "She" needs its sentence before
+
+
+def test_an_answer_must_tell_every_fact_of_its_sentence_but_not_the_topic_or_the_sentence_before():
+    from lessons.steps import Step
+    from lessons.syllabus import Section
+    from lessons.turn import problems
+
+    notes = ("Quillfeather Kites is a kite company. It was founded in 1987 by twin sisters, Mara and Jessa Holt, "
+             "in the village of Dunmere. The factory stands beside Lake Oona.")
+    section = Section("History", notes)
+    step = Step(role="teacher", speaker="prof", kind="answer", section=0, question_round=1)
+    question = "Who founded Quillfeather Kites?"
+    source = "Quillfeather Kites is a kite company. It was founded in 1987 by twin sisters, Mara and Jessa Holt, " \
+             "in the village of Dunmere."
+
+    def check(answer: str) -> list[str]:
+        return problems(answer, step, section, f"Quillfeather Kites\n{notes}", question, source,
+                        known="Quillfeather Kites History")
+
+    # three of its four facts were enough before; a student taught this answers "where?" without Dunmere
+    assert check("It was founded in 1987 by twin sisters, Mara and Jessa Holt.") == ["left out Dunmere"]
+    assert check("Mara and Jessa Holt founded it in 1987, in the village of Dunmere.") == []
+    # "Quillfeather" and "Kites" are the topic, and "Lake Oona" is another sentence's: none is asked for
+    assert check("Twin sisters, Mara and Jessa Holt, founded it in Dunmere in 1987.") == []
+
+
+def test_an_answer_mixing_in_another_sentences_facts_is_caught():
+    from lessons.guards import other_facts
+
+    notes = ("Vellmoor has one school, the Driftwood School, with 140 pupils. Most islanders work with seaweed: "
+             "the island's main export is blue seaweed, which is dried on the beaches.")
+    school = "Vellmoor has one school, the Driftwood School, with 140 pupils."
+    asked = "What's the Driftwood School? Vellmoor"
+    wrong = "Vellmoor is a school of 140 students that grows seaweed, its main export."
+    assert other_facts(wrong, asked, school, notes) == ["seaweed", "main", "export"]
+    assert other_facts("It is Vellmoor's one school, with 140 pupils.", asked, school, notes) == []
+    # words of no sentence are not "other facts" (inventions are ungrounded_terms' and notes_support's)
+    assert other_facts("The Driftwood School is a lovely place with 140 happy pupils.", asked, school, notes) == []
+
+
+def test_the_answering_sentence_ignores_the_topic_and_prefers_the_rounds_sentence_on_a_tie():
+    from lessons.guards import answering_sentence
+
+    notes = "Vellmoor is a small island town in the Quiet Sea. About 2,300 people live there."
+    question = "What's the number of people living in Vellmoor?"
+    assert answering_sentence(question, notes, known="Vellmoor") == "About 2,300 people live there."
+    assert answering_sentence(question, notes) == "Vellmoor is a small island town in the Quiet Sea."  # 1–1 tie
+    canned = "What else should I remember about Vellmoor?"
+    assert answering_sentence(canned, notes, known="Vellmoor") is None
+    assert answering_sentence(canned, notes, "Vellmoor", prefer="About 2,300 people live there.") == \
+        "About 2,300 people live there."
+
+
+def test_a_name_with_a_number_is_the_name_not_the_name_and_a_dash():
+    notes = "Quillfeather's best-selling kite is the Comet-9, a red box kite."
+    assert key_terms(notes) == ["9", "Comet"]
+    assert ungrounded_terms("The Comet-9 is red.", notes) == []
+    assert missing_key_terms("The Comet-9 is red.", notes) == []

@@ -22,7 +22,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from lessons import panel, prompts
-from lessons.guards import MIN_SUPPORT, notes_support, ungrounded_terms
+from lessons.guards import MIN_SUPPORT, mentions, notes_support, ungrounded_terms
 from storage import lessons as q
 from storage import votes as v
 
@@ -68,7 +68,7 @@ def lesson_examples(
             messages.pop()
         if any(m["role"] == "assistant" for m in messages):
             examples.append({"id": f"lesson{lesson_id}-s{section}", "lesson_id": lesson_id, "messages": messages})
-        for i, qa in enumerate(question_examples(turns, student_name, excluded, blocked)):
+        for i, qa in enumerate(question_examples(turns, student_name, excluded, blocked, lesson["topic"])):
             examples.append({"id": f"lesson{lesson_id}-s{section}-qa{i or ''}", "lesson_id": lesson_id, "messages": qa})
     return examples
 
@@ -99,7 +99,7 @@ _VERDICT = re.compile(r"^(?:(?:yes|no|correct|incorrect|right|wrong|exactly|not 
 
 
 def question_examples(
-    turns: list[dict[str, Any]], student_name: str, excluded: set[int], blocked: set[str]
+    turns: list[dict[str, Any]], student_name: str, excluded: set[int], blocked: set[str], topic: str = "",
 ) -> list[list[dict[str, Any]]]:
     """A section's questions and their answers as plain /ask-shaped conversations.
 
@@ -111,6 +111,11 @@ def question_examples(
     question: facts learnt only as a lecture are often not recalled when asked. Only answers
     that may be trained on count: not voted down (`excluded` turn ids) and not from a model
     whose outputs may not be trained on (`blocked` speakers).
+
+    A question that doesn't name the lesson's `topic` is asked about it ("About Vellmoor: What's
+    the town's famous dish?"): in the lesson the topic was plain, but asked alone the pair would
+    teach the student to answer any "What's the town's famous dish?" with this town's, and a
+    student taught two towns mixes them up.
     """
     def first(role: str, kind: str) -> dict[str, Any] | None:
         return next((t for t in turns if t["role"] == role and t["kind"] == kind), None)
@@ -129,12 +134,19 @@ def question_examples(
             pairs.append((asked["content"], turn, turn["content"].strip()))
             asked = None
     return [
-        [*prompts.ask(student_name), {"role": "user", "content": question},
+        [*prompts.ask(student_name), {"role": "user", "content": about(question, topic)},
          {"role": "assistant", "content": text or turn["content"], "train": True, "turn_id": turn["id"],
           "speaker": turn["speaker"]}]
         for question, turn, text in pairs
         if turn["id"] not in excluded and turn["speaker"] not in blocked
     ]
+
+
+def about(question: str, topic: str) -> str:
+    """`question`, asked about `topic` when it names nothing of it."""
+    if not topic.strip() or mentions(question, topic):
+        return question
+    return f"About {topic.strip().rstrip(' .?!')}: {question}"
 
 
 def _sections(db: Database, lesson_id: int) -> list[tuple[int, list[dict[str, Any]]]]:
