@@ -4,14 +4,17 @@ A section of a single or rotate lesson is taught in three turns:
   1. the teacher explains one point and asks a check question ("explain"),
   2. the student answers or asks a follow-up ("reply"),
   3. the teacher confirms or corrects and restates the key fact ("correct").
-A grounded lesson (one taught from a source document) adds question rounds, one per fact
-sentence of the section's notes, up to MAX_QUESTION_ROUNDS:
+A grounded lesson (one taught from a source document) adds question rounds, ASKS_PER_SENTENCE
+per fact sentence of the section's notes (up to MAX_QUESTION_ROUNDS sentences), a pass over the
+sentences and then another:
   4. the student asks one question about that sentence's facts ("ask"),
   5. the teacher answers it from the notes ("answer").
 Members test a student with questions (/ask, quizzes), and facts a student met only as a
 lecture are often not recalled when asked: a question with its grounded answer is the shape
 the student will be tested in. One round per sentence means every fact of a short section is
-asked about, not just the first one a student happens to pick. Ungrounded lessons don't get
+asked about, not just the first one a student happens to pick; asking each twice, in other
+words the second time, gives the student two ways into a fact instead of one question it learns
+by heart (bench/README.md has what it measured). Ungrounded lessons don't get
 the rounds, because an ungrounded teacher's answer adds no facts its explanation lacked.
 
 Panel lessons have their own order (lessons/panel.py). Which order a lesson follows depends
@@ -29,7 +32,8 @@ from lessons.syllabus import Section
 
 PHASES = ("explain", "reply", "correct")
 QUESTION_ROUND = ("ask", "answer")
-MAX_QUESTION_ROUNDS = 3
+MAX_QUESTION_ROUNDS = 3  # sentences asked about per section
+ASKS_PER_SENTENCE = 2
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,17 @@ def focus_sentences(section: Section) -> list[str]:
     return [facts[k * len(facts) // MAX_QUESTION_ROUNDS] for k in range(MAX_QUESTION_ROUNDS)]
 
 
+def round_sentences(section: Section) -> list[str]:
+    """The sentence each question round of a grounded section is about, in order: every focus
+    sentence, then every one again (asked the second time in other words)."""
+    return focus_sentences(section) * ASKS_PER_SENTENCE
+
+
 def section_kinds(section: Section, grounded: bool) -> tuple[str, ...]:
     """The turn kinds of one section of a single or rotate lesson, in order."""
     if not grounded:
         return PHASES
-    return PHASES + QUESTION_ROUND * max(1, len(focus_sentences(section)))
+    return PHASES + QUESTION_ROUND * max(1, len(round_sentences(section)))
 
 
 def lesson_turns(sections: Sequence[Section], grounded: bool) -> int:

@@ -92,6 +92,8 @@ async def write_turn(
     others += [n for n in cast.teachers + cast.students if n != step.speaker]
     others += ["student" if step.role == "teacher" else "teacher", "user"]
     recent = panel.recent_turns(step.kind, done)
+    if step.kind == "ask":  # a sentence's second round must ask in other words than its first
+        recent += [t["content"] for t in done if t["section"] == step.section and t["kind"] == "ask"]
     backend = await models.backend(step.speaker)
     params = models.params(step.speaker)
     await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
@@ -220,7 +222,7 @@ def _answer_source(question: str | None, step: Step, section: Section, known: st
 
 def _focus(section: Section, step: Step) -> str | None:
     """The notes' sentence a question round asks about (lessons/steps.py), if the section has one."""
-    focus = steps.focus_sentences(section)
+    focus = steps.round_sentences(section)
     return focus[step.question_round] if step.question_round < len(focus) else None
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from lessons import steps as lesson_steps
 from lessons.engine import LessonEngine, LessonError, LessonRequest, next_step
 from lessons.events import LessonFinished, LessonStarted, TokenStreamed, TurnFinished
 from lessons.steps import fact_sentences, focus_sentences, lesson_turns
@@ -34,6 +35,12 @@ async def store(tmp_path):
     s = AsyncStore(open_db(tmp_path / "c.db"))
     yield s
     s.close()
+
+
+@pytest.fixture
+def one_pass(monkeypatch):
+    """One question round per sentence instead of two, for tests about what a round does."""
+    monkeypatch.setattr(lesson_steps, "ASKS_PER_SENTENCE", 1)
 
 
 def make_engine(store, teacher=None, student=None, **extra):
@@ -68,13 +75,17 @@ def test_a_grounded_section_gets_one_question_round_per_fact_sentence():
         Section("Bell", "The Bell House was built in 1642."),
         Section("Long", " ".join(f"Fact number {i} is about thing {i}." for i in range(9))),
     ]
-    steps = [next_step(sections, i, ["a"], ["x"], 100, grounded=True) for i in range(30)]
+    steps = [next_step(sections, i, ["a"], ["x"], 100, grounded=True) for i in range(40)]
     kinds = [s.kind for s in steps if s is not None]
     qa = ["ask", "answer"]
-    assert kinds == ["explain", "reply", "correct", *qa * 2, "explain", "reply", "correct", *qa,
-                     "explain", "reply", "correct", *qa * 3]  # a long section: MAX_QUESTION_ROUNDS
-    assert [(s.kind, s.section, s.question_round) for s in steps[3:7]] == [
-        ("ask", 0, 0), ("answer", 0, 0), ("ask", 0, 1), ("answer", 0, 1)]
+    # each sentence twice: a pass over the section's sentences, then another
+    assert kinds == ["explain", "reply", "correct", *qa * 4, "explain", "reply", "correct", *qa * 2,
+                     "explain", "reply", "correct", *qa * 6]  # a long section: MAX_QUESTION_ROUNDS sentences
+    assert [(s.kind, s.section, s.question_round) for s in steps[3:11]] == [
+        ("ask", 0, 0), ("answer", 0, 0), ("ask", 0, 1), ("answer", 0, 1),
+        ("ask", 0, 2), ("answer", 0, 2), ("ask", 0, 3), ("answer", 0, 3)]
+    assert lesson_steps.round_sentences(sections[0]) == [
+        "The harbour has a green lighthouse called the Tallow Lamp.", "The ferry leaves at 7 o'clock."] * 2
     assert lesson_turns(sections, grounded=True) == len(kinds) and steps[len(kinds)] is None
     # each round of the long section asks about a different part of it, from its start to its end
     assert focus_sentences(sections[2]) == ["Fact number 0 is about thing 0.", "Fact number 3 is about thing 3.",
@@ -149,6 +160,7 @@ async def test_grounded_lesson_teaches_each_source_section_with_its_notes(store)
     assert requests[0].startswith("Notes on Gate:")  # no planning call when grounded
 
 
+@pytest.mark.usefixtures("one_pass")
 async def test_a_grounded_teacher_inventing_facts_is_retried_and_the_grounded_reply_kept(store):
     replies = iter(["The gate code of Vellmoor is 9999, set by King Harold. What is the code?",
                     "The gate code of Vellmoor is 4471. What is the code?"])
@@ -271,6 +283,7 @@ async def test_bad_requests_are_refused_before_anything_is_stored(store, topic, 
     assert await store.call(q.list_lessons) == []
 
 
+@pytest.mark.usefixtures("one_pass")
 async def test_a_grounded_section_ends_with_the_students_own_question_answered_from_the_notes(store):
     def teacher(messages):
         last = messages[-1]["content"]
@@ -299,6 +312,7 @@ async def test_a_grounded_section_ends_with_the_students_own_question_answered_f
     assert len(answers) == 2 and answers[0].startswith("Notes on ") and "runs the ferry to the mainland" in answers[0]
 
 
+@pytest.mark.usefixtures("one_pass")
 async def test_each_question_round_asks_about_the_next_sentence_of_the_notes(store):
     doc = "# The mayor\nThe mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper."
     student = ScriptedBackend("kid", ["Maybe a fisherman.", "Who is the mayor of Vellmoor?", "When was the mayor elected?"])
@@ -313,6 +327,7 @@ async def test_each_question_round_asks_about_the_next_sentence_of_the_notes(sto
     assert [t["content"] for t in turns if t["kind"] == "ask"] == ["Who is the mayor of Vellmoor?", "When was the mayor elected?"]
 
 
+@pytest.mark.usefixtures("one_pass")
 async def test_a_teacher_whose_every_answer_misses_the_answer_quotes_its_notes_instead(store):
     """Answers to the student's question and corrections after the check question alike."""
     doc = "Vellmoor has one school, the Driftwood School, with 140 pupils, and a harbour."
@@ -335,6 +350,7 @@ async def test_a_teacher_whose_every_answer_misses_the_answer_quotes_its_notes_i
     assert (turns[2]["kind"], turns[2]["content"]) == ("correct", doc)  # after "How many pupils?"
 
 
+@pytest.mark.usefixtures("one_pass")
 async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_checked_against_its_sentence(store):
     doc = ("# Quillfeather Kites\nQuillfeather Kites is a kite company. It was founded in 1987 by twin sisters, "
            "Mara and Jessa Holt, in the village of Dunmere.")
@@ -363,6 +379,7 @@ async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_check
                    " in the village of Dunmere.")]
 
 
+@pytest.mark.usefixtures("one_pass")
 async def test_a_student_with_no_usable_question_asks_the_fallback_one(store):
     doc = "The gate code of Vellmoor is 4471, and it opens the north gate of the town wall for visitors."
     student = ScriptedBackend("kid", ["Maybe 12?", "I like gates."])  # its "question" has no question in it
@@ -372,6 +389,7 @@ async def test_a_student_with_no_usable_question_asks_the_fallback_one(store):
     assert turns[3]["kind"] == "ask" and turns[3]["content"].startswith("What should I remember about")
 
 
+@pytest.mark.usefixtures("one_pass")
 async def test_a_student_question_about_nothing_in_the_section_is_replaced_by_one_about_it(store):
     doc = "The gate code of Vellmoor is 4471, and it opens the north gate of the town wall for visitors."
     student = ScriptedBackend("kid", ["Maybe 12?", "What is the answer to this question?"])
@@ -405,3 +423,16 @@ async def test_a_correction_is_held_to_the_sentence_the_exchange_was_about_even_
     turns = await store.call(q.turns, lid)
     assert len(corrections) == 3  # tried, then retried twice: "crimson" and "stunt" belong to the other sentence
     assert (turns[2]["kind"], turns[2]["content"]) == ("correct", moth)  # the Moth's sentence, quoted
+
+
+async def test_each_sentence_is_asked_about_twice_and_the_second_time_in_other_words(store):
+    doc = "# The mayor\nThe mayor of Vellmoor is Ada Quill, a former beekeeper."
+    student = ScriptedBackend("kid", ["Maybe a fisherman.", "Who is the mayor of Vellmoor?",
+                                      "Who is the mayor of Vellmoor?",  # its first question again: tried again
+                                      "Who runs Vellmoor?"])
+    lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=20, source_name="v.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert outcome.reason == "syllabus covered"
+    assert [t["kind"] for t in turns] == ["explain", "reply", "correct", "ask", "answer", "ask", "answer"]
+    assert [t["content"] for t in turns if t["kind"] == "ask"] == ["Who is the mayor of Vellmoor?", "Who runs Vellmoor?"]
+    assert len(student.calls) == 4  # the reply, the first question, the repeat and the new one

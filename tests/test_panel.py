@@ -79,8 +79,8 @@ async def test_rotate_mode_gives_teachers_sections_in_turn_and_records_the_speak
     assert outcome.status == "finished" and outcome.reason == "syllabus covered"
     turns = await store.call(q.turns, lid)
     assert [(t["section"], t["kind"], t["speaker"]) for t in turns if t["role"] == "teacher"] == [
-        (0, "explain", "ann"), (0, "correct", "ann"), (0, "answer", "ann"),
-        (1, "explain", "bob"), (1, "correct", "bob"), (1, "answer", "bob")]
+        (0, "explain", "ann"), (0, "correct", "ann"), (0, "answer", "ann"), (0, "answer", "ann"),
+        (1, "explain", "bob"), (1, "correct", "bob"), (1, "answer", "bob"), (1, "answer", "bob")]
     assert turns[0]["content"].startswith("ann explains") and turns[2]["content"].startswith("ann answers")
     assert turns[3]["content"] == STUDENT_QUESTION and turns[4]["content"].startswith("ann answers")
 
