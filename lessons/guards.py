@@ -142,6 +142,16 @@ def other_facts(answer: str, asked: str, source: str, notes: str) -> list[str]:
     return list(dict.fromkeys(w for w in _content_words(answer) if _found(w, have) and not _found(w, own)))
 
 
+_NAMED = re.compile(r"(?<=[a-z,;] )[A-Z][A-Za-z0-9'-]*[A-Za-z0-9](?: [A-Z][A-Za-z0-9'-]*[A-Za-z0-9])*")
+
+
+def first_name(sentence: str, known: str = "") -> str | None:
+    """The first name a sentence gives ("Windy Hill", "Port Arlo") that `known` (the topic and the
+    section's title) doesn't: what a question about that sentence alone can ask about."""
+    named = _words(known)
+    return next((n for n in _NAMED.findall(sentence) if not all(_found(w, named) for w in _words(n))), None)
+
+
 def key_terms(notes: str) -> list[str]:
     """The numbers and names of a section's notes: what an explanation of it has to mention."""
     return list(dict.fromkeys(_NUMBER.findall(notes) + _NAME.findall(notes)))

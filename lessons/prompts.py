@@ -104,8 +104,11 @@ def answer(name: str, topic: str, section: Section, question: str) -> list[Messa
     ]
 
 
-def fallback_question(section: Section, question_round: int = 0) -> str:
-    """What the student asks when its own attempts at a question were unusable."""
+def fallback_question(section: Section, question_round: int = 0, subject: str | None = None) -> str:
+    """What the student asks when its own attempts at a question were unusable: about `subject`
+    (a name from the sentence its round is about, "Windy Hill"), else about the section."""
+    if subject:
+        return f"What should I remember about {subject}?"
     return f"What {'else ' if question_round else ''}should I remember about {section.title.rstrip(' .?!')}?"
 
 

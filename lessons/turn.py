@@ -31,6 +31,7 @@ from lessons.guards import (
     clean_reply,
     copied_phrases,
     end_at_question,
+    first_name,
     in_context,
     is_echo,
     key_terms,
@@ -141,7 +142,9 @@ async def write_turn(
     if step.role == "teacher":
         raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
     if step.kind == "ask":
-        return Draft(prompts.fallback_question(section, step.question_round), step.kind, Usage())
+        # a question about the round's sentence by name, so two rounds don't ask the same thing
+        subject = first_name(_focus(section, step) or "", f"{lesson['topic']} {section.title}")
+        return Draft(prompts.fallback_question(section, step.question_round, subject), step.kind, Usage())
     return Draft(STUDENT_FALLBACK, "fallback", Usage())
 
 

@@ -360,7 +360,7 @@ async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_check
         last = messages[-1]["content"]
         if "Teach me these notes" in last:
             return "Quillfeather Kites is a kite company founded in 1987 by Mara and Jessa Holt. Who founded it?"
-        if "My question: What else" in last:
+        if "My question: What should I remember about Mara?" in last:
             return "Quillfeather Kites is a kite company."  # true, but not the round's sentence
         return "Quillfeather Kites is a kite company founded by Mara and Jessa Holt."
 
@@ -372,9 +372,10 @@ async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_check
         ("ask", "Which company makes kites?"),
         # round one is about the first sentence: the founders belong to the second, so they are left to it
         ("answer", "Quillfeather Kites is a kite company."),
-        ("ask", "What else should I remember about Quillfeather Kites?"),
-        # the answer to the canned question must hold the round's sentence: the teacher's (which repeats
-        # round one's answer) didn't, so it is quoted, with the sentence its "It" stands for
+        # the canned question names the first name of the round's sentence, so two rounds don't ask alike
+        ("ask", "What should I remember about Mara?"),
+        # its answer must hold the round's sentence: the teacher's (which repeats round one's answer)
+        # didn't, so it is quoted, with the sentence its "It" stands for
         ("answer", "Quillfeather Kites is a kite company. It was founded in 1987 by twin sisters, Mara and Jessa Holt,"
                    " in the village of Dunmere.")]
 

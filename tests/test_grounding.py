@@ -241,3 +241,18 @@ def test_a_name_with_a_number_is_the_name_not_the_name_and_a_dash():
     assert key_terms(notes) == ["9", "Comet"]
     assert ungrounded_terms("The Comet-9 is red.", notes) == []
     assert missing_key_terms("The Comet-9 is red.", notes) == []
+
+
+def test_a_canned_question_asks_about_the_first_name_its_sentence_gives_beyond_the_topic_and_title():
+    from lessons.guards import first_name
+    from lessons.prompts import fallback_question
+    from lessons.syllabus import Section
+
+    known = "Quillfeather Kites The factory"
+    assert first_name("Every kite is test-flown on Windy Hill before it is sold.", known) == "Windy Hill"
+    assert first_name("Quillfeather's best-selling kite is the Comet-9, a red box kite.", known) == "Comet-9"
+    assert first_name("Quillfeather Kites is a kite company.", known) is None  # only the topic's name
+    assert first_name("Quillfeather sells about 12,000 kites a year.", known) is None
+    factory = Section("The factory", "")
+    assert fallback_question(factory, 1, "Windy Hill") == "What should I remember about Windy Hill?"
+    assert fallback_question(factory, 1, None) == "What else should I remember about The factory?"
