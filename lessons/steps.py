@@ -5,7 +5,7 @@ A section of a single or rotate lesson is taught in three turns:
   2. the student answers or asks a follow-up ("reply"),
   3. the teacher confirms or corrects and restates the key fact ("correct").
 A grounded lesson (one taught from a source document) adds question rounds, ASKS_PER_SENTENCE
-per fact sentence of the section's notes (up to MAX_QUESTION_ROUNDS sentences), a pass over the
+per fact sentence of the section's notes (up to MAX_ASKED_SENTENCES sentences), a pass over the
 sentences and then another:
   4. the student asks one question about that sentence's facts ("ask"),
   5. the teacher answers it from the notes ("answer").
@@ -32,7 +32,7 @@ from lessons.syllabus import Section
 
 PHASES = ("explain", "reply", "correct")
 QUESTION_ROUND = ("ask", "answer")
-MAX_QUESTION_ROUNDS = 3  # sentences asked about per section
+MAX_ASKED_SENTENCES = 3  # sentences asked about per section
 ASKS_PER_SENTENCE = 2
 
 
@@ -58,12 +58,12 @@ def fact_sentences(notes: str) -> list[str]:
 
 
 def focus_sentences(section: Section) -> list[str]:
-    """The sentence each question round of a grounded section asks about: every one, or for a
-    long section MAX_QUESTION_ROUNDS spread over it."""
+    """The sentences a grounded section's question rounds ask about (`round_sentences` asks each
+    ASKS_PER_SENTENCE times): every one, or for a long section MAX_ASKED_SENTENCES spread over it."""
     facts = fact_sentences(section.text)
-    if len(facts) <= MAX_QUESTION_ROUNDS:
+    if len(facts) <= MAX_ASKED_SENTENCES:
         return facts
-    return [facts[k * len(facts) // MAX_QUESTION_ROUNDS] for k in range(MAX_QUESTION_ROUNDS)]
+    return [facts[k * len(facts) // MAX_ASKED_SENTENCES] for k in range(MAX_ASKED_SENTENCES)]
 
 
 def round_sentences(section: Section) -> list[str]:

@@ -80,7 +80,7 @@ def test_a_grounded_section_gets_one_question_round_per_fact_sentence():
     qa = ["ask", "answer"]
     # each sentence twice: a pass over the section's sentences, then another
     assert kinds == ["explain", "reply", "correct", *qa * 4, "explain", "reply", "correct", *qa * 2,
-                     "explain", "reply", "correct", *qa * 6]  # a long section: MAX_QUESTION_ROUNDS sentences
+                     "explain", "reply", "correct", *qa * 6]  # a long section: MAX_ASKED_SENTENCES sentences
     assert [(s.kind, s.section, s.question_round) for s in steps[3:11]] == [
         ("ask", 0, 0), ("answer", 0, 0), ("ask", 0, 1), ("answer", 0, 1),
         ("ask", 0, 2), ("answer", 0, 2), ("ask", 0, 3), ("answer", 0, 3)]
