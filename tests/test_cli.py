@@ -93,7 +93,9 @@ def test_lesson_streams_stores_and_exports(cfg, tmp_path):
     # two sections taught in six turns: each dialogue, then its check question asked directly
     assert len(rows) == 4
     qa = rows[1]["messages"]
-    assert [m["role"] for m in qa] == ["system", "user", "assistant"] and qa[1]["content"] == "What do you think?"
+    # asked alone, a question that doesn't name the lesson's topic is asked about it
+    assert [m["role"] for m in qa] == ["system", "user", "assistant"]
+    assert qa[1]["content"] == "About what a stock is: What do you think?"
     roles = [m["role"] for m in rows[0]["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
     assert rows[0]["messages"][2]["content"] == "Lesson on What a share is. What do you think?"
