@@ -152,6 +152,16 @@ def first_name(sentence: str, known: str = "") -> str | None:
     return next((n for n in _NAMED.findall(sentence) if not all(_found(w, named) for w in _words(n))), None)
 
 
+def gives_away(question: str, sentence: str, known: str = "") -> bool:
+    """Whether a question about `sentence` already names every name and number it gives, besides
+    those of `known` (topic and title): "What's a total number of people living in 2,300?" asks
+    nothing its answer could tell."""
+    named, asked = _words(known), _words(question)
+    keys = [t.lower().replace(",", "").strip("'") for t in key_terms(sentence)]
+    keys = [t for t in keys if not _found(t, named)]
+    return bool(keys) and all(_found(t, asked) for t in keys)
+
+
 def key_terms(notes: str) -> list[str]:
     """The numbers and names of a section's notes: what an explanation of it has to mention."""
     return list(dict.fromkeys(_NUMBER.findall(notes) + _NAME.findall(notes)))

@@ -32,6 +32,7 @@ from lessons.guards import (
     copied_phrases,
     end_at_question,
     first_name,
+    gives_away,
     in_context,
     is_echo,
     key_terms,
@@ -118,9 +119,12 @@ async def write_turn(
         elif step.kind == "ask":
             text = prompts.asked_question(text) or ""  # only the question, without the student's preamble
             about = _focus(section, step) or section.text
-            if text and section.text and not asks_about_notes(text, about, f"{section.title} {lesson['topic']}"):
+            if text and section.text and not asks_about_notes(text, about, known):
                 log.info("lesson %s: %s asked about nothing in the section: %r", lesson["id"], step.speaker, text)
                 text = ""  # tried again, and in the end replaced by a question about the section
+            elif text and gives_away(text, about, known):
+                log.info("lesson %s: %s put the answer in its question: %r", lesson["id"], step.speaker, text)
+                text = ""  # "How many people live in 2,300?": its answer could not be checked, nor learnt
         if text and step.kind in ("correct", "answer") and is_echo(text, recent) and confirmation is None:
             # restating a right answer is still an answer, if no attempt says something new
             confirmation = (problems(text, step, section, grounding, question, source, known), text, usage)

@@ -437,3 +437,13 @@ async def test_each_sentence_is_asked_about_twice_and_the_second_time_in_other_w
     assert [t["kind"] for t in turns] == ["explain", "reply", "correct", "ask", "answer", "ask", "answer"]
     assert [t["content"] for t in turns if t["kind"] == "ask"] == ["Who is the mayor of Vellmoor?", "Who runs Vellmoor?"]
     assert len(student.calls) == 4  # the reply, the first question, the repeat and the new one
+
+
+@pytest.mark.usefixtures("one_pass")
+async def test_a_student_question_holding_its_own_answer_is_asked_again(store):
+    doc = "# People\nAbout 2,300 people live in Vellmoor."
+    student = ScriptedBackend("kid", ["Maybe 10.", "How many people live in Vellmoor, 2,300?",
+                                      "How many people live in Vellmoor?"])
+    lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=20, source_name="v.md", source_text=doc)
+    turns = await store.call(q.turns, lid)
+    assert [t["content"] for t in turns if t["kind"] == "ask"] == ["How many people live in Vellmoor?"]

@@ -256,3 +256,16 @@ def test_a_canned_question_asks_about_the_first_name_its_sentence_gives_beyond_t
     factory = Section("The factory", "")
     assert fallback_question(factory, 1, "Windy Hill") == "What should I remember about Windy Hill?"
     assert fallback_question(factory, 1, None) == "What else should I remember about The factory?"
+
+
+def test_a_question_that_names_every_fact_of_its_sentence_gives_its_answer_away():
+    from lessons.guards import gives_away
+
+    people = "About 2,300 people live there."
+    assert gives_away("What's a total number of people living in 2,300?", people, "Vellmoor")
+    assert not gives_away("How many people live in Vellmoor?", people, "Vellmoor")
+    mayor = "The mayor of Vellmoor is Ada Quill."
+    assert gives_away("Is Ada Quill the mayor?", mayor, "Vellmoor The mayor")  # "Vellmoor" is the topic
+    assert not gives_away("Who is the mayor of Vellmoor?", mayor, "Vellmoor The mayor")
+    assert not gives_away("Who is Ada?", mayor, "Vellmoor")  # "Quill" is still to tell
+    assert not gives_away("What do bees make?", "Bees make honey.", "")  # no names or numbers: nothing to give away
