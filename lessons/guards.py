@@ -100,9 +100,12 @@ def answering_sentence(question: str, notes: str, known: str = "", prefer: str |
     facts = fact_sentences(notes)
     named = _words(known)
     asked = {w for w in _content_words(question) if not _found(w, named)}
-    scored = [(sum(_found(w, have) for w in asked), fact == prefer, -i)
-              for i, (fact, have) in enumerate(zip(facts, map(_words, facts), strict=True))]
-    best = max(scored, default=None)
+
+    def shared(fact: str) -> int:
+        have = _words(fact)
+        return sum(_found(w, have) for w in asked)
+
+    best = max(((shared(fact), fact == prefer, -i) for i, fact in enumerate(facts)), default=None)
     if best is None or (best[0] == 0 and prefer not in facts):
         return None
     return _in_context(facts, -best[2])
@@ -124,7 +127,7 @@ def unanswered_terms(answer: str, question: str, source: str) -> list[str]:
     already name and the answer leaves out: "What is the name of the school?" answered "The school
     is called Vellmoor." when the notes say "the Driftwood School, with 140 pupils"."""
     asked = _words(question)
-    return [t for t in missing_key_terms(answer, source) if t.lower().replace(",", "").strip("'") not in asked]
+    return [t for t in missing_key_terms(answer, source) if _as_word(t) not in asked]
 
 
 def other_facts(answer: str, asked: str, source: str, notes: str) -> list[str]:
@@ -157,9 +160,13 @@ def gives_away(question: str, sentence: str, known: str = "") -> bool:
     those of `known` (topic and title): "What's a total number of people living in 2,300?" asks
     nothing its answer could tell."""
     named, asked = _words(known), _words(question)
-    keys = [t.lower().replace(",", "").strip("'") for t in key_terms(sentence)]
-    keys = [t for t in keys if not _found(t, named)]
-    return bool(keys) and all(_found(t, asked) for t in keys)
+    keys = [w for w in map(_as_word, key_terms(sentence)) if not _found(w, named)]
+    return bool(keys) and all(_found(w, asked) for w in keys)
+
+
+def _as_word(term: str) -> str:
+    """A name or number as `_words` spells it ("2,300" is "2300", "'Pip'" is "pip")."""
+    return term.lower().replace(",", "").strip("'")
 
 
 def key_terms(notes: str) -> list[str]:

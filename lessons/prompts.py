@@ -155,14 +155,13 @@ def asked_question(student_turn: str) -> str | None:
     """A student's last question, with the questions right before it ("What's the Moth? What kind
     of kite is it?": the second alone doesn't say what it asks about), without the rest of the
     turn; None if it asks none."""
-    runs: list[list[str]] = [[]]
-    for sentence in _sentences(student_turn):
+    run: list[str] = []
+    for sentence in reversed(_sentences(student_turn)):
         if sentence.endswith("?"):
-            runs[-1].append(_QUESTION_LABEL.sub("", sentence))
-        elif runs[-1]:
-            runs.append([])
-    last = next((run for run in reversed(runs) if run), None)
-    return _sized(" ".join(last)) if last else None
+            run.insert(0, _QUESTION_LABEL.sub("", sentence))
+        elif run:
+            break
+    return _sized(" ".join(run)) if run else None
 
 
 def _sentences(text: str) -> list[str]:

@@ -147,7 +147,7 @@ async def write_turn(
         raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
     if step.kind == "ask":
         # a question about the round's sentence by name, so two rounds don't ask the same thing
-        subject = first_name(_focus(section, step) or "", f"{lesson['topic']} {section.title}")
+        subject = first_name(_focus(section, step) or "", known)
         return Draft(prompts.fallback_question(section, step.question_round, subject), step.kind, Usage())
     return Draft(STUDENT_FALLBACK, "fallback", Usage())
 
@@ -180,9 +180,10 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
         if keys and len(missing) * 2 >= len(keys):
             found += [f"left out {t}" for t in missing]
     if question is not None and source is not None:
+        asked = f"{question} {known}"
         answering = (fact_sentences(source) or [source])[-1]  # not the sentence before, there to say who "she" is
-        found += [f"left out {t}" for t in unanswered_terms(text, f"{question} {known}", answering)]
-        mixed = other_facts(text, f"{question} {known}", source, section.text)
+        found += [f"left out {t}" for t in unanswered_terms(text, asked, answering)]
+        mixed = other_facts(text, asked, source, section.text)
         if mixed:
             found.append(f"mixes in other facts ({', '.join(mixed)})")
     return found
