@@ -43,7 +43,7 @@ from lessons.guards import (
     unanswered_terms,
     ungrounded_terms,
 )
-from lessons.steps import Step, fact_sentences
+from lessons.steps import Step
 from lessons.syllabus import Section
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,11 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
     An answer is held to the whole sentence, not to the part the question asked about: a student
     that learns "It was founded in 1987 by Mara and Jessa Holt" as the answer to "Who founded
     it?" gives that same sentence when asked where it was founded, so the sentence's other facts
-    ("in the village of Dunmere") have to be in it too."""
+    ("in the village of Dunmere") have to be in it too. And a sentence that opens with a pronoun
+    comes with the one before it (`guards.in_context`), whose names the answer must give as well:
+    "She was elected in 2019" taught as the answer to "When was she elected?" leaves a student
+    asked when the *mayor* was elected with nothing to go on; "Ada Quill was elected in 2019"
+    does not."""
     if step.role != "teacher":
         return []
     found = [f"copied its prompt ({p})" for p in copied_phrases(text, prompts.SCAFFOLD)]
@@ -181,8 +185,7 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
             found += [f"left out {t}" for t in missing]
     if question is not None and source is not None:
         asked = f"{question} {known}"
-        answering = (fact_sentences(source) or [source])[-1]  # not the sentence before, there to say who "she" is
-        found += [f"left out {t}" for t in unanswered_terms(text, asked, answering)]
+        found += [f"left out {t}" for t in unanswered_terms(text, asked, source)]
         mixed = other_facts(text, asked, source, section.text)
         if mixed:
             found.append(f"mixes in other facts ({', '.join(mixed)})")
