@@ -148,11 +148,34 @@ def other_facts(answer: str, asked: str, source: str, notes: str) -> list[str]:
 _NAMED = re.compile(r"(?<=[a-z,;] )[A-Z][A-Za-z0-9'-]*[A-Za-z0-9](?: [A-Z][A-Za-z0-9'-]*[A-Za-z0-9])*")
 
 
-def first_name(sentence: str, known: str = "") -> str | None:
-    """The first name a sentence gives ("Windy Hill", "Port Arlo") that `known` (the topic and the
-    section's title) doesn't: what a question about that sentence alone can ask about."""
+def sentence_names(sentence: str, known: str = "") -> list[str]:
+    """The names a sentence gives ("Windy Hill", "Port Arlo"), in order, leaving out those `known`
+    (the topic and the section's title) already has: what a question about that sentence alone
+    can ask about."""
     named = _words(known)
-    return next((n for n in _NAMED.findall(sentence) if not all(_found(w, named) for w in _words(n))), None)
+    return list(dict.fromkeys(n for n in _NAMED.findall(sentence) if not all(_found(w, named) for w in _words(n))))
+
+
+def names_all(text: str, name: str) -> bool:
+    """Whether `text` has every word of `name` ("What should I remember about Port Arlo?" names
+    "Port Arlo"; "Pip" counts though it is short)."""
+    have = _words(text)
+    return all(_found(w, have) for w in _words(name))
+
+
+_NOTE_LABEL = re.compile(r"(?:^|(?<=[.!?])\s+|(?<=\d)\s+)([A-Z][A-Za-z]*(?: [A-Za-z]+){0,3}):(?=\s)")
+
+
+def note_labels(text: str) -> list[str]:
+    """The "Label:" heads of a reply written as notes instead of sentences: "A: 12,000 Sales: Port
+    Arlo Number of customers: 12,000", "My answer: Mara and Jessa Holt…", "The Bell House: 1642".
+
+    A 135M teacher asked a question sometimes answers in the shape of a form; every name and
+    number may be right, but a student trained on it answers in fragments, and the relation
+    between them ("Port Arlo" is the biggest customer) is not in the pair at all. A colon after a
+    clause ("Most islanders work with seaweed: the main export…") is longer than a label and
+    doesn't count."""
+    return [m.group(1) for m in _NOTE_LABEL.finditer(text)]
 
 
 def gives_away(question: str, sentence: str, known: str = "") -> bool:

@@ -8,6 +8,7 @@ need it to teach one point well.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from backends.base import Message
 from lessons.syllabus import Section
@@ -104,12 +105,20 @@ def answer(name: str, topic: str, section: Section, question: str) -> list[Messa
     ]
 
 
-def fallback_question(section: Section, question_round: int = 0, subject: str | None = None) -> str:
+_FALLBACK_ASKS = ("What should I remember about {}?", "What can you tell me about {}?", "What do you know about {}?")
+
+
+def fallback_question(section: Section, question_round: int = 0, subject: str | None = None,
+                      asked: Sequence[str] = ()) -> str:
     """What the student asks when its own attempts at a question were unusable: about `subject`
-    (a name from the sentence its round is about, "Windy Hill"), else about the section."""
-    if subject:
-        return f"What should I remember about {subject}?"
-    return f"What {'else ' if question_round else ''}should I remember about {section.title.rstrip(' .?!')}?"
+    (a name from the sentence its round is about, "Windy Hill"), else about the section, in the
+    first wording none of the section's earlier questions (`asked`) used. The same question twice
+    with one answer is one training pair, not two; in other words it is a second way in."""
+    about = subject or section.title.rstrip(" .?!")
+    wordings = [w.format(about) for w in _FALLBACK_ASKS]
+    if not subject and question_round:
+        wordings.insert(0, f"What else should I remember about {about}?")
+    return next((w for w in wordings if w not in asked), wordings[0])
 
 
 # Fixed wording of the prompts above that a small teacher sometimes copies into its reply

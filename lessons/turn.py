@@ -31,15 +31,17 @@ from lessons.guards import (
     clean_reply,
     copied_phrases,
     end_at_question,
-    first_name,
     gives_away,
     in_context,
     is_echo,
     key_terms,
     missing_key_terms,
+    names_all,
     names_other_speaker,
+    note_labels,
     notes_support,
     other_facts,
+    sentence_names,
     unanswered_terms,
     ungrounded_terms,
 )
@@ -147,8 +149,9 @@ async def write_turn(
         raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
     if step.kind == "ask":
         # a question about the round's sentence by name, so two rounds don't ask the same thing
-        subject = first_name(_focus(section, step) or "", known)
-        return Draft(prompts.fallback_question(section, step.question_round, subject), step.kind, Usage())
+        asked = [t["content"] for t in done if t["section"] == step.section and t["kind"] == "ask"]
+        subject = _fallback_subject(_focus(section, step) or "", section.text, known, asked)
+        return Draft(prompts.fallback_question(section, step.question_round, subject, asked), step.kind, Usage())
     return Draft(STUDENT_FALLBACK, "fallback", Usage())
 
 
@@ -159,7 +162,8 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
     or (an answer to the student's `question`, or a correction of the check question's exchange) any
     of those of `source`, the notes' sentence that answers it, that neither the question nor `known`
     (the topic and the section's title: "Vellmoor" is not a fact to tell) names, or it mixes in
-    the facts of other sentences of the notes (`guards.other_facts`).
+    the facts of other sentences of the notes (`guards.other_facts`), or it is written as labelled
+    notes ("Sales: Port Arlo", `guards.note_labels`).
 
     An answer is held to the whole sentence, not to the part the question asked about: a student
     that learns "It was founded in 1987 by Mara and Jessa Holt" as the answer to "Who founded
@@ -189,6 +193,9 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
         mixed = other_facts(text, asked, source, section.text)
         if mixed:
             found.append(f"mixes in other facts ({', '.join(mixed)})")
+        labels = [label for label in note_labels(text) if f"{label}:" not in section.text]
+        if labels:
+            found.append(f"writes notes, not sentences ({', '.join(f'{label}:' for label in labels)})")
     return found
 
 
@@ -229,6 +236,16 @@ def _answer_source(question: str | None, step: Step, section: Section, known: st
         return None
     focus = _focus(section, step) if step.kind == "answer" else None
     return answering_sentence(question, section.text, known, prefer=focus)
+
+
+def _fallback_subject(focus: str, notes: str, known: str, asked: list[str]) -> str | None:
+    """What a student with no question of its own asks about: the first name of the round's
+    sentence (with the one before it, when it opens with "She") that no earlier question of the
+    section named, else its first name. A second pass asks about a fact from another of its names
+    ("What should I remember about Dunmere?" after "…about Mara?"): members ask from any side."""
+    names = sentence_names(in_context(focus, notes), known) if focus else []
+    said = " ".join(asked)
+    return next((n for n in names if not names_all(said, n)), names[0] if names else None)
 
 
 def _focus(section: Section, step: Step) -> str | None:

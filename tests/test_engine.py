@@ -55,7 +55,7 @@ async def run_lesson(engine, turns=9, **kw):
     async def listener(e):
         events.append(e)
 
-    lid = await engine.open(LessonRequest(topic="what a stock is", teachers=kw.pop("teachers", ["prof"]), students=kw.pop("students", ["kid"]), max_turns=turns, **kw))
+    lid = await engine.open(LessonRequest(topic=kw.pop("topic", "what a stock is"), teachers=kw.pop("teachers", ["prof"]), students=kw.pop("students", ["kid"]), max_turns=turns, **kw))
     outcome = await engine.run(lid, listener)
     return lid, outcome, events
 
@@ -447,3 +447,43 @@ async def test_a_student_question_holding_its_own_answer_is_asked_again(store):
     lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=20, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
     assert [t["content"] for t in turns if t["kind"] == "ask"] == ["How many people live in Vellmoor?"]
+
+
+async def test_a_second_canned_question_asks_from_another_name_or_in_other_words(store):
+    doc = ("# History\nQuillfeather Kites is a kite company. It was founded by Mara and Jessa Holt in Dunmere. "
+           "The factory stands beside Lake Oona.")
+    student = ScriptedBackend("kid", lambda messages: "I like kites.")  # never a usable question
+    lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=40, source_name="q.md",
+                                       source_text=doc, topic="Quillfeather Kites")
+    turns = await store.call(q.turns, lid)
+    assert outcome.reason == "syllabus covered"
+    # the first pass over the three sentences, then the second: no question twice, so no pair twice
+    assert [t["content"] for t in turns if t["kind"] == "ask"] == [
+        "What should I remember about History?",  # the first sentence names only the topic: the section, then
+        "What should I remember about Mara?",
+        "What should I remember about Lake Oona?",
+        "What else should I remember about History?",
+        "What should I remember about Jessa Holt?",  # its sentence's next name: the fact from another side
+        "What can you tell me about Lake Oona?",  # its only name, in other words
+    ]
+
+
+@pytest.mark.usefixtures("one_pass")
+async def test_an_answer_written_as_labelled_notes_is_tried_again_then_quoted(store):
+    doc = "# Sales\nQuillfeather sells about 12,000 kites a year to a toy shop in Port Arlo."
+
+    def teacher(messages):
+        last = messages[-1]["content"]
+        if "Teach me these notes" in last:
+            return "Quillfeather sells about 12,000 kites a year to a toy shop in Port Arlo. Who buys them?"
+        if "My question:" in last:
+            return "Sales: 12,000 kites. Customer: a toy shop in Port Arlo."  # every fact, as a form
+        return "Right. Quillfeather sells about 12,000 kites a year to a toy shop in Port Arlo."
+
+    student = ScriptedBackend("kid", ["A toy shop.", "Who buys the kites of Quillfeather?"])
+    prof = ScriptedBackend("prof", teacher)
+    lid, _, _ = await run_lesson(make_engine(store, teacher=prof, student=student), turns=20, source_name="s.md",
+                                 source_text=doc, topic="Quillfeather")
+    turns = await store.call(q.turns, lid)
+    assert sum("My question:" in c[-1]["content"] for c in prof.calls) == 3
+    assert (turns[-1]["kind"], turns[-1]["content"]) == ("answer", doc.split("\n", 1)[1])

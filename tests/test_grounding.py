@@ -269,19 +269,36 @@ def test_a_name_with_a_number_is_the_name_not_the_name_and_a_dash():
     assert missing_key_terms("The Comet-9 is red.", notes) == []
 
 
-def test_a_canned_question_asks_about_the_first_name_its_sentence_gives_beyond_the_topic_and_title():
-    from lessons.guards import first_name
+def test_a_canned_question_asks_about_a_name_its_sentence_gives_beyond_the_topic_and_title():
+    from lessons.guards import sentence_names
     from lessons.prompts import fallback_question
     from lessons.syllabus import Section
 
     known = "Quillfeather Kites The factory"
-    assert first_name("Every kite is test-flown on Windy Hill before it is sold.", known) == "Windy Hill"
-    assert first_name("Quillfeather's best-selling kite is the Comet-9, a red box kite.", known) == "Comet-9"
-    assert first_name("Quillfeather Kites is a kite company.", known) is None  # only the topic's name
-    assert first_name("Quillfeather sells about 12,000 kites a year.", known) is None
+    assert sentence_names("Every kite is test-flown on Windy Hill before it is sold.", known) == ["Windy Hill"]
+    assert sentence_names("Quillfeather's best-selling kite is the Comet-9, a red box kite.", known) == ["Comet-9"]
+    assert sentence_names("It was founded by twin sisters, Mara and Jessa Holt, in the village of Dunmere.",
+                          known) == ["Mara", "Jessa Holt", "Dunmere"]
+    assert sentence_names("Quillfeather Kites is a kite company.", known) == []  # only the topic's name
+    assert sentence_names("Quillfeather sells about 12,000 kites a year.", known) == []
     factory = Section("The factory", "")
     assert fallback_question(factory, 1, "Windy Hill") == "What should I remember about Windy Hill?"
     assert fallback_question(factory, 1, None) == "What else should I remember about The factory?"
+    # asked already: the same name in other words, so the second pass is a second pair, not a duplicate
+    asked = ["What should I remember about Windy Hill?"]
+    assert fallback_question(factory, 3, "Windy Hill", asked) == "What can you tell me about Windy Hill?"
+    assert fallback_question(factory, 3, None, ["What else should I remember about The factory?"]) == \
+        "What should I remember about The factory?"
+
+
+def test_a_note_shaped_answer_is_caught_but_a_clause_before_a_colon_is_not():
+    from lessons.guards import note_labels
+
+    assert note_labels("A: 12,000 Sales: Port Arlo Number of customers: 12,000") == ["A", "Sales"]
+    assert note_labels("My answer:  Mara and Jessa Holt founded Quillfeather Kites in 1987.") == ["My answer"]
+    assert note_labels("The Bell House: 1642 It is a landmark.") == ["The Bell House"]
+    assert note_labels("Most islanders work with seaweed: the island's main export is blue seaweed.") == []
+    assert note_labels("The ferry leaves at 7:30 every day.") == []
 
 
 def test_a_question_that_names_every_fact_of_its_sentence_gives_its_answer_away():
