@@ -150,7 +150,7 @@ async def write_turn(
     if step.kind == "ask":
         # a question about the round's sentence by name, so two rounds don't ask the same thing
         asked = [t["content"] for t in done if t["section"] == step.section and t["kind"] == "ask"]
-        subject = _fallback_subject(_focus(section, step) or "", section.text, known, asked)
+        subject = _fallback_subject(_focus(section, step) or "", known, asked)
         return Draft(prompts.fallback_question(section, step.question_round, subject, asked), step.kind, Usage())
     return Draft(STUDENT_FALLBACK, "fallback", Usage())
 
@@ -238,12 +238,14 @@ def _answer_source(question: str | None, step: Step, section: Section, known: st
     return answering_sentence(question, section.text, known, prefer=focus)
 
 
-def _fallback_subject(focus: str, notes: str, known: str, asked: list[str]) -> str | None:
+def _fallback_subject(focus: str, known: str, asked: list[str]) -> str | None:
     """What a student with no question of its own asks about: the first name of the round's
-    sentence (with the one before it, when it opens with "She") that no earlier question of the
-    section named, else its first name. A second pass asks about a fact from another of its names
-    ("What should I remember about Dunmere?" after "…about Mara?"): members ask from any side."""
-    names = sentence_names(in_context(focus, notes), known) if focus else []
+    sentence that no earlier question of the section named, else its first name. A second pass
+    asks about a fact from another of its names ("What should I remember about Jessa Holt?" after
+    "…about Mara?"): members ask from any side. Not the names of the sentence before one opening
+    with "She": a question about "Ada Quill" is answered by the sentence that names her, and the
+    one about her election would never be asked."""
+    names = sentence_names(focus, known)
     said = " ".join(asked)
     return next((n for n in names if not names_all(said, n)), names[0] if names else None)
 

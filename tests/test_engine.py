@@ -487,3 +487,19 @@ async def test_an_answer_written_as_labelled_notes_is_tried_again_then_quoted(st
     turns = await store.call(q.turns, lid)
     assert sum("My question:" in c[-1]["content"] for c in prof.calls) == 3
     assert (turns[-1]["kind"], turns[-1]["content"]) == ("answer", doc.split("\n", 1)[1])
+
+
+async def test_a_canned_question_about_a_sentence_opening_with_she_is_answered_by_that_sentence(store):
+    doc = "# The mayor\nThe mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper."
+    student = ScriptedBackend("kid", lambda messages: "I like bees.")  # never a usable question
+    lid, _, _ = await run_lesson(make_engine(store, student=student), turns=40, source_name="v.md",
+                                 source_text=doc, topic="Vellmoor")
+    turns = await store.call(q.turns, lid)
+    rounds = [(t["content"], n["content"]) for t, n in zip(turns, turns[1:], strict=False) if t["kind"] == "ask"]
+    assert [asked for asked, _ in rounds] == [
+        "What should I remember about Ada Quill?",
+        "What else should I remember about The mayor?",  # "She" names nobody: not "Ada Quill" again
+        "What can you tell me about Ada Quill?",
+        "What should I remember about The mayor?",
+    ]
+    assert all("2019" in answer for asked, answer in rounds if "The mayor" in asked)
