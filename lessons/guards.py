@@ -222,6 +222,12 @@ def end_at_question(text: str) -> str:
 
 MIN_SUPPORT = 0.6
 """A grounded teacher's turn with fewer of its content words in its notes is tried again, and not trained on."""
+MIN_ANSWER_SUPPORT = 0.8
+"""An answer to a question (or a correction) is one fact, said in its notes' words: one with fewer of
+its content words in the notes or the question is tried again, then the notes' sentence quoted.
+"The mayor is Ada Quill. She was elected in 2019 and used to be a beekeeper, the name of which
+she chose after her political affiliation" has two thirds of its words in the notes, and a tail
+that teaches an invention."""
 
 _STOPWORDS = frozenset("""
 about above after again also always among another because been before being below between both cannot could

@@ -25,6 +25,7 @@ from lessons import panel, prompts, steps
 from lessons.errors import LessonError
 from lessons.events import Listener, TokenStreamed, TurnStarted
 from lessons.guards import (
+    MIN_ANSWER_SUPPORT,
     MIN_SUPPORT,
     answering_sentence,
     asks_about_notes,
@@ -179,15 +180,16 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
     if grounding is None:
         return found
     found += [f"made up {t}" for t in ungrounded_terms(text, grounding)]
-    support = notes_support(text, grounding)
-    if support < MIN_SUPPORT:
+    answers = question is not None and source is not None
+    support = notes_support(text, f"{grounding}\n{question}" if answers else grounding)
+    if support < (MIN_ANSWER_SUPPORT if answers else MIN_SUPPORT):
         found.append(f"strays from its notes (only {support:.0%} of its words are in them)")
     if step.kind == "explain":
         keys = key_terms(section.text)
         missing = missing_key_terms(text, section.text)
         if keys and len(missing) * 2 >= len(keys):
             found += [f"left out {t}" for t in missing]
-    if question is not None and source is not None:
+    if answers:
         asked = f"{question} {known}"
         found += [f"left out {t}" for t in unanswered_terms(text, asked, source)]
         mixed = other_facts(text, asked, source, section.text)

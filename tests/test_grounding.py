@@ -312,3 +312,25 @@ def test_a_question_that_names_every_fact_of_its_sentence_gives_its_answer_away(
     assert not gives_away("Who is the mayor of Vellmoor?", mayor, "Vellmoor The mayor")
     assert not gives_away("Who is Ada?", mayor, "Vellmoor")  # "Quill" is still to tell
     assert not gives_away("What do bees make?", "Bees make honey.", "")  # no names or numbers: nothing to give away
+
+
+def test_an_answer_is_held_closer_to_its_notes_than_an_explanation():
+    from lessons.steps import Step
+    from lessons.syllabus import Section
+    from lessons.turn import problems
+
+    notes = "The mayor of Vellmoor is Ada Quill. She was elected in 2019 and she used to be a beekeeper."
+    section = Section("The mayor", notes)
+    invented_tail = ("The mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper, "
+                     "the name of which she chose after her political affiliation.")
+    answer = Step(role="teacher", speaker="prof", kind="answer", section=0, question_round=1)
+    explain = Step(role="teacher", speaker="prof", kind="explain", section=0)
+    question = "What else should I remember about the mayor?"
+    found = problems(invented_tail, answer, section, f"Vellmoor\n{notes}", question, notes, "Vellmoor The mayor")
+    assert [f for f in found if f.startswith("strays")] == ["strays from its notes (only 64% of its words are in them)"]
+    assert problems(invented_tail, explain, section, f"Vellmoor\n{notes}") == []  # 64% is enough for a lecture
+    # the question's own words count as the notes' ("cross" is the student's; the notes say "crossing")
+    ferry = "The ferry to the mainland leaves at 7 o'clock and the crossing takes 40 minutes."
+    assert problems("It takes 40 minutes to cross.", answer, Section("The harbour", ferry),
+                    f"Vellmoor\n{ferry}", "How long does it take to cross?", ferry, "Vellmoor The harbour") \
+        == ["left out 7"]
