@@ -89,13 +89,11 @@ def missing_key_terms(reply: str, notes: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-_PRONOUN = re.compile(r"^(?:she|he|it|its|they|their|his|her|this|these)\b", re.I)
-
-
 def answering_sentence(question: str, notes: str, known: str = "", prefer: str | None = None) -> str | None:
-    """The sentence of the notes that shares the most content words with a question, leaving out the
-    words of `known` (the topic and title, which most sentences share): where its answer most likely
-    is (`in_context`). On a tie, or when no sentence shares a word, `prefer` (the sentence the
+    """The fact of the notes (a sentence, with those after it that open with "She" or "It":
+    `steps.fact_sentences`) that shares the most content words with a question, leaving out the
+    words of `known` (the topic and title, which most sentences share): where its answer most
+    likely is. On a tie, or when no sentence shares a word, `prefer` (the sentence the
     question was asked about), if given; else the first of the tied, or None."""
     facts = fact_sentences(notes)
     named = _words(known)
@@ -108,18 +106,7 @@ def answering_sentence(question: str, notes: str, known: str = "", prefer: str |
     best = max(((shared(fact), fact == prefer, -i) for i, fact in enumerate(facts)), default=None)
     if best is None or (best[0] == 0 and prefer not in facts):
         return None
-    return _in_context(facts, -best[2])
-
-
-def in_context(sentence: str, notes: str) -> str:
-    """A sentence of the notes, with the one before it when it opens with a pronoun ("She was
-    elected in 2019" needs "The mayor of Vellmoor is Ada Quill.")."""
-    facts = fact_sentences(notes)
-    return _in_context(facts, facts.index(sentence)) if sentence in facts else sentence
-
-
-def _in_context(facts: list[str], i: int) -> str:
-    return f"{facts[i - 1]} {facts[i]}" if i and _PRONOUN.match(facts[i]) else facts[i]
+    return facts[-best[2]]
 
 
 def unanswered_terms(answer: str, question: str, source: str) -> list[str]:

@@ -51,10 +51,26 @@ _SENTENCE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]*[A-Z0-9])|\n\s*\n")
 _WORD = re.compile(r"[A-Za-z]{3,}|\d+")
 
 
+_PRONOUN = re.compile(r"^(?:she|he|it|its|they|their|his|her|this|these)\b", re.I)
+
+
 def fact_sentences(notes: str) -> list[str]:
-    """A section's notes as sentences, leaving out those too short to hold a fact ("Yes.")."""
-    parts = (" ".join(p.split()) for p in _SENTENCE.split(notes.strip()))
-    return [p for p in parts if len(_WORD.findall(p)) >= 3]
+    """A section's notes as facts: its sentences, leaving out those too short to hold a fact
+    ("Yes."), each with the ones after it that open with a pronoun.
+
+    "The mayor of Vellmoor is Ada Quill. She was elected in 2019." is one fact: "She was elected
+    in 2019" alone says nothing of whose election, and "The mayor of Vellmoor is Ada Quill" alone,
+    taught as the answer to every question about the mayor, is what a student then says when
+    asked when she was elected. A question round asks about the whole, and an answer tells it."""
+    facts: list[str] = []
+    for part in (" ".join(p.split()) for p in _SENTENCE.split(notes.strip())):
+        if len(_WORD.findall(part)) < 3:
+            continue
+        if facts and _PRONOUN.match(part):
+            facts[-1] = f"{facts[-1]} {part}"
+        else:
+            facts.append(part)
+    return facts
 
 
 def focus_sentences(section: Section) -> list[str]:

@@ -33,7 +33,6 @@ from lessons.guards import (
     copied_phrases,
     end_at_question,
     gives_away,
-    in_context,
     is_echo,
     key_terms,
     missing_key_terms,
@@ -169,8 +168,8 @@ def problems(text: str, step: Step, section: Section, grounding: str | None, que
     An answer is held to the whole sentence, not to the part the question asked about: a student
     that learns "It was founded in 1987 by Mara and Jessa Holt" as the answer to "Who founded
     it?" gives that same sentence when asked where it was founded, so the sentence's other facts
-    ("in the village of Dunmere") have to be in it too. And a sentence that opens with a pronoun
-    comes with the one before it (`guards.in_context`), whose names the answer must give as well:
+    ("in the village of Dunmere") have to be in it too. A sentence opening with "She" or "It" is
+    part of the fact before it (`steps.fact_sentences`), whose names the answer must give as well:
     "She was elected in 2019" taught as the answer to "When was she elected?" leaves a student
     asked when the *mayor* was elected with nothing to go on; "Ada Quill was elected in 2019"
     does not."""
@@ -209,8 +208,8 @@ def _messages(topic: str, step: Step, section: Section, name: str, done: list[di
     if step.kind == "reply":
         return prompts.student_reply(name, topic, teacher_turn)
     if step.kind == "ask":
-        focus = _focus(section, step)  # "She was elected in 2019" needs the sentence that says who "she" is
-        return prompts.student_question(name, topic, in_context(focus, section.text) if focus else teacher_turn)
+        focus = _focus(section, step)
+        return prompts.student_question(name, topic, focus or teacher_turn)
     if step.kind == "answer":
         return prompts.answer(name, topic, section, in_section[-1]["content"])
     student_turn = next((t["content"] for t in in_section if t["role"] == "student"), "")
@@ -244,9 +243,7 @@ def _fallback_subject(focus: str, known: str, asked: list[str]) -> str | None:
     """What a student with no question of its own asks about: the first name of the round's
     sentence that no earlier question of the section named, else its first name. A second pass
     asks about a fact from another of its names ("What should I remember about Jessa Holt?" after
-    "…about Mara?"): members ask from any side. Not the names of the sentence before one opening
-    with "She": a question about "Ada Quill" is answered by the sentence that names her, and the
-    one about her election would never be asked."""
+    "…about Mara?"): members ask from any side."""
     names = sentence_names(focus, known)
     said = " ".join(asked)
     return next((n for n in names if not names_all(said, n)), names[0] if names else None)

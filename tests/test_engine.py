@@ -90,8 +90,10 @@ def test_a_grounded_section_gets_one_question_round_per_fact_sentence():
     # each round of the long section asks about a different part of it, from its start to its end
     assert focus_sentences(sections[2]) == ["Fact number 0 is about thing 0.", "Fact number 3 is about thing 3.",
                                             "Fact number 6 is about thing 6."]
-    assert fact_sentences("Yes. The ferry (the Gull) leaves at 7 o'clock! It takes 40 minutes.\n\nOk") == [
-        "The ferry (the Gull) leaves at 7 o'clock!", "It takes 40 minutes."]
+    # a sentence opening with "It" is part of the fact before it: alone it says nothing of what "it" is
+    assert fact_sentences("Yes. The ferry (the Gull) leaves at 7 o'clock! It takes 40 minutes.\n\nOk. "
+                          "The Bell House was built in 1642.") == [
+        "The ferry (the Gull) leaves at 7 o'clock! It takes 40 minutes.", "The Bell House was built in 1642."]
 
 
 def test_source_sections_follow_headings_and_cover_everything():
@@ -314,17 +316,18 @@ async def test_a_grounded_section_ends_with_the_students_own_question_answered_f
 
 @pytest.mark.usefixtures("one_pass")
 async def test_each_question_round_asks_about_the_next_sentence_of_the_notes(store):
-    doc = "# The mayor\nThe mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper."
-    student = ScriptedBackend("kid", ["Maybe a fisherman.", "Who is the mayor of Vellmoor?", "When was the mayor elected?"])
+    doc = ("# The mayor\nThe mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper. "
+           "The town hall opens at 9 o'clock.")
+    student = ScriptedBackend("kid", ["Maybe a fisherman.", "When was the mayor elected?", "When does the town hall open?"])
     lid, outcome, _ = await run_lesson(make_engine(store, student=student), turns=20, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
     assert outcome.reason == "syllabus covered"
     assert [t["kind"] for t in turns] == ["explain", "reply", "correct", "ask", "answer", "ask", "answer"]
     asked = [c[-1]["content"] for c in student.calls[1:]]
-    # the round's sentence, with the one before it when it opens with "She"
-    assert asked[0].endswith(": The mayor of Vellmoor is Ada Quill.")
-    assert asked[1].endswith(": The mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper.")
-    assert [t["content"] for t in turns if t["kind"] == "ask"] == ["Who is the mayor of Vellmoor?", "When was the mayor elected?"]
+    # the round's sentence, with the one after it that opens with "She" (one fact, lessons/steps.py)
+    assert asked[0].endswith(": The mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper.")
+    assert asked[1].endswith(": The town hall opens at 9 o'clock.")
+    assert [t["content"] for t in turns if t["kind"] == "ask"] == ["When was the mayor elected?", "When does the town hall open?"]
 
 
 @pytest.mark.usefixtures("one_pass")
@@ -352,8 +355,9 @@ async def test_a_teacher_whose_every_answer_misses_the_answer_quotes_its_notes_i
 
 @pytest.mark.usefixtures("one_pass")
 async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_checked_against_its_sentence(store):
-    doc = ("# Quillfeather Kites\nQuillfeather Kites is a kite company. It was founded in 1987 by twin sisters, "
-           "Mara and Jessa Holt, in the village of Dunmere.")
+    unit = ("Quillfeather Kites is a kite company. It was founded in 1987 by twin sisters, Mara and Jessa Holt, "
+            "in the village of Dunmere.")
+    doc = f"# Quillfeather Kites\n{unit} The factory stands beside Lake Oona."
     generic = "What's a good question to ask someone who knows Quillfeather Kites?"  # names nothing of its sentence
 
     def teacher(messages):
@@ -361,23 +365,23 @@ async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_check
         if "Teach me these notes" in last:
             return "Quillfeather Kites is a kite company founded in 1987 by Mara and Jessa Holt. Who founded it?"
         if "My question: What should I remember about Mara?" in last:
-            return "Quillfeather Kites is a kite company."  # true, but not the round's sentence
+            return "Quillfeather Kites is a kite company."  # true, but not what its fact says
+        if "My question:" in last:
+            return "The factory stands beside Lake Oona."
         return "Quillfeather Kites is a kite company founded by Mara and Jessa Holt."
 
-    student = ScriptedBackend("kid", ["The Holts.", "Which company makes kites?", generic, generic, generic])
+    student = ScriptedBackend("kid", ["The Holts.", generic, generic, generic, "Where is the factory?"])
     lid, outcome, _ = await run_lesson(make_engine(store, teacher=ScriptedBackend("prof", teacher), student=student),
                                        turns=20, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
     assert [(t["kind"], t["content"]) for t in turns[3:]] == [
-        ("ask", "Which company makes kites?"),
-        # round one is about the first sentence: the founders belong to the second, so they are left to it
-        ("answer", "Quillfeather Kites is a kite company."),
-        # the canned question names the first name of the round's sentence, so two rounds don't ask alike
+        # the canned question names the first name of the round's fact, so two rounds don't ask alike
         ("ask", "What should I remember about Mara?"),
-        # its answer must hold the round's sentence: the teacher's (which repeats round one's answer)
-        # didn't, so it is quoted, with the sentence its "It" stands for
-        ("answer", "Quillfeather Kites is a kite company. It was founded in 1987 by twin sisters, Mara and Jessa Holt,"
-                   " in the village of Dunmere.")]
+        # its answer must tell the round's fact (the company, with the "It was founded…" after it):
+        # the teacher's didn't, so it is quoted
+        ("answer", unit),
+        ("ask", "Where is the factory?"),
+        ("answer", "The factory stands beside Lake Oona.")]
 
 
 @pytest.mark.usefixtures("one_pass")
@@ -457,13 +461,12 @@ async def test_a_second_canned_question_asks_from_another_name_or_in_other_words
                                        source_text=doc, topic="Quillfeather Kites")
     turns = await store.call(q.turns, lid)
     assert outcome.reason == "syllabus covered"
-    # the first pass over the three sentences, then the second: no question twice, so no pair twice
+    # the first pass over the two facts (the company with its "It was founded…", the factory), then
+    # the second: no question twice, so no pair twice
     assert [t["content"] for t in turns if t["kind"] == "ask"] == [
-        "What should I remember about History?",  # the first sentence names only the topic: the section, then
         "What should I remember about Mara?",
         "What should I remember about Lake Oona?",
-        "What else should I remember about History?",
-        "What should I remember about Jessa Holt?",  # its sentence's next name: the fact from another side
+        "What should I remember about Jessa Holt?",  # its fact's next name: the fact from another side
         "What can you tell me about Lake Oona?",  # its only name, in other words
     ]
 
@@ -489,17 +492,15 @@ async def test_an_answer_written_as_labelled_notes_is_tried_again_then_quoted(st
     assert (turns[-1]["kind"], turns[-1]["content"]) == ("answer", doc.split("\n", 1)[1])
 
 
-async def test_a_canned_question_about_a_sentence_opening_with_she_is_answered_by_that_sentence(store):
+async def test_a_canned_question_about_a_fact_with_she_in_it_is_answered_with_all_of_it(store):
     doc = "# The mayor\nThe mayor of Vellmoor is Ada Quill. She was elected in 2019 and used to be a beekeeper."
     student = ScriptedBackend("kid", lambda messages: "I like bees.")  # never a usable question
-    lid, _, _ = await run_lesson(make_engine(store, student=student), turns=40, source_name="v.md",
+    prof = ScriptedBackend("prof", lambda messages: "The mayor of Vellmoor is Ada Quill.")  # true, half the fact
+    lid, _, _ = await run_lesson(make_engine(store, teacher=prof, student=student), turns=40, source_name="v.md",
                                  source_text=doc, topic="Vellmoor")
     turns = await store.call(q.turns, lid)
     rounds = [(t["content"], n["content"]) for t, n in zip(turns, turns[1:], strict=False) if t["kind"] == "ask"]
-    assert [asked for asked, _ in rounds] == [
-        "What should I remember about Ada Quill?",
-        "What else should I remember about The mayor?",  # "She" names nobody: not "Ada Quill" again
-        "What can you tell me about Ada Quill?",
-        "What should I remember about The mayor?",
+    assert rounds == [  # one fact, asked twice; the half answer is quoted whole, so the election is taught
+        ("What should I remember about Ada Quill?", doc.split("\n", 1)[1]),
+        ("What can you tell me about Ada Quill?", doc.split("\n", 1)[1]),
     ]
-    assert all("2019" in answer for asked, answer in rounds if "The mayor" in asked)
