@@ -137,7 +137,7 @@ class TrainingSettings(_Strict):
     schedule: str = "03:00"
     timezone: str = "UTC"
     epochs: float = Field(3.0, gt=0)
-    min_steps: int = Field(120, ge=0)
+    min_steps: int = Field(200, ge=0)
     learning_rate: float = Field(1e-3, gt=0)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
