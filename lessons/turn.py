@@ -96,8 +96,10 @@ async def write_turn(
     others += [n for n in cast.teachers + cast.students if n != step.speaker]
     others += ["student" if step.role == "teacher" else "teacher", "user"]
     recent = panel.recent_turns(step.kind, done)
-    if step.kind == "ask":  # a sentence's second round must ask in other words than its first
-        recent += [t["content"] for t in done if t["section"] == step.section and t["kind"] == "ask"]
+    # the section's questions so far: a sentence's second round must ask in other words than its first
+    asked = [t["content"] for t in done if t["section"] == step.section and t["kind"] == "ask"]
+    if step.kind == "ask":
+        recent += asked
     backend = await models.backend(step.speaker)
     params = models.params(step.speaker)
     await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
@@ -149,7 +151,6 @@ async def write_turn(
         raise LessonError(f"teacher '{step.speaker}' gave no usable reply (empty or repeating)")
     if step.kind == "ask":
         # a question about the round's sentence by name, so two rounds don't ask the same thing
-        asked = [t["content"] for t in done if t["section"] == step.section and t["kind"] == "ask"]
         subject = _fallback_subject(_focus(section, step) or "", known, asked)
         return Draft(prompts.fallback_question(section, step.question_round, subject, asked), step.kind, Usage())
     return Draft(STUDENT_FALLBACK, "fallback", Usage())

@@ -30,6 +30,18 @@ def teacher_reply(messages):
     return "Yes, that's right. The key fact stands."
 
 
+def grounded_teacher(explain: str, answer: str, correct: str) -> ScriptedBackend:
+    """A grounded teacher that gives the same explanation, answer to the student's question, and
+    correction every time it is asked (retries included)."""
+    def reply(messages):
+        last = messages[-1]["content"]
+        if "Teach me these notes" in last:
+            return explain
+        return answer if "My question:" in last else correct
+
+    return ScriptedBackend("prof", reply)
+
+
 @pytest.fixture
 async def store(tmp_path):
     s = AsyncStore(open_db(tmp_path / "c.db"))
@@ -334,17 +346,10 @@ async def test_each_question_round_asks_about_the_next_sentence_of_the_notes(sto
 async def test_a_teacher_whose_every_answer_misses_the_answer_quotes_its_notes_instead(store):
     """Answers to the student's question and corrections after the check question alike."""
     doc = "Vellmoor has one school, the Driftwood School, with 140 pupils, and a harbour."
-
-    def teacher(messages):
-        last = messages[-1]["content"]
-        if "Teach me these notes" in last:
-            return "Vellmoor has one school, the Driftwood School, with 140 pupils. How many pupils?"
-        if "My question:" in last:
-            return "The school is called Vellmoor."  # every attempt: true words, wrong answer
-        return "Right, well done!"  # a correction that restates nothing
-
+    prof = grounded_teacher("Vellmoor has one school, the Driftwood School, with 140 pupils. How many pupils?",
+                            "The school is called Vellmoor.",  # every attempt: true words, wrong answer
+                            "Right, well done!")  # a correction that restates nothing
     student = ScriptedBackend("kid", ["140.", "What is the name of the school?"])
-    prof = ScriptedBackend("prof", teacher)
     lid, outcome, _ = await run_lesson(make_engine(store, teacher=prof, student=student), turns=20,
                                        source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
@@ -474,17 +479,10 @@ async def test_a_second_canned_question_asks_from_another_name_or_in_other_words
 @pytest.mark.usefixtures("one_pass")
 async def test_an_answer_written_as_labelled_notes_is_tried_again_then_quoted(store):
     doc = "# Sales\nQuillfeather sells about 12,000 kites a year to a toy shop in Port Arlo."
-
-    def teacher(messages):
-        last = messages[-1]["content"]
-        if "Teach me these notes" in last:
-            return "Quillfeather sells about 12,000 kites a year to a toy shop in Port Arlo. Who buys them?"
-        if "My question:" in last:
-            return "Sales: 12,000 kites. Customer: a toy shop in Port Arlo."  # every fact, as a form
-        return "Right. Quillfeather sells about 12,000 kites a year to a toy shop in Port Arlo."
-
+    prof = grounded_teacher("Quillfeather sells about 12,000 kites a year to a toy shop in Port Arlo. Who buys them?",
+                            "Sales: 12,000 kites. Customer: a toy shop in Port Arlo.",  # every fact, as a form
+                            "Right. Quillfeather sells about 12,000 kites a year to a toy shop in Port Arlo.")
     student = ScriptedBackend("kid", ["A toy shop.", "Who buys the kites of Quillfeather?"])
-    prof = ScriptedBackend("prof", teacher)
     lid, _, _ = await run_lesson(make_engine(store, teacher=prof, student=student), turns=20, source_name="s.md",
                                  source_text=doc, topic="Quillfeather")
     turns = await store.call(q.turns, lid)
