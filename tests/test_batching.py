@@ -276,3 +276,48 @@ async def test_a_model_with_a_sliding_window_cache_serves_one_request_at_a_time(
         assert together == [await model.chat(p, greedy(6)) for p in PROMPTS[:3]]
     finally:
         await host.aclose()
+
+
+async def test_the_kv_cache_appends_into_spare_room_without_changing_answers(host: LocalModelHost, monkeypatch) -> None:
+    """A decode step writes its keys and values into room at the end of the cache, not into a whole new copy;
+    a full buffer, rows joining and rows leaving all move it to a new one, and answers stay plain generate's."""
+    import threading
+
+    import torch
+
+    from backends.local import batching
+    from backends.local.batching import DecodeBatch, GenRequest, RoomyLayer
+
+    monkeypatch.setattr(batching, "KV_ROOM", 3)  # a new buffer every few steps, and at every join and leave
+    lengths = [12, 5, 9]
+
+    def run() -> tuple[list[str], list[str], list[bool]]:
+        batch = DecodeBatch(host.model, host.tokenizer, peft=False)
+        requests = [GenRequest(p, greedy(n), None, threading.Event()) for p, n in zip(PROMPTS[:3], lengths, strict=True)]
+        answers: dict[int, str] = {}
+        in_place: list[bool] = []
+        batch.admit([batch.prepare(requests[0])])
+        step = 0
+        while batch.rows:
+            if step == 2:  # a row joins two steps in: its cache is left-padded into the running one
+                batch.admit([batch.prepare(requests[1]), batch.prepare(requests[2])])
+            assert batch.cache is not None
+            layer = batch.cache.layers[0]
+            assert isinstance(layer, RoomyLayer)
+            before = layer.keys.data_ptr()
+            had_room = layer._in_room() and layer.keys.shape[-2] < layer._room[0].shape[-2]  # type: ignore[index]
+            batch.step()
+            in_place.append(had_room == (layer.keys.data_ptr() == before))
+            for row, error in batch.finished(closing=False):
+                assert error is None
+                answers[requests.index(row.request)] = DecodeBatch.answer(row).completion.text
+            step += 1
+        plain = [generate_completion(host.model, host.tokenizer, p, greedy(n), cancel=threading.Event()).text
+                 for p, n in zip(PROMPTS[:3], lengths, strict=True)]
+        return [answers[i] for i in range(3)], plain, in_place
+
+    with torch.inference_mode():
+        got, plain, in_place = await host.run(run)
+    assert got == plain and len(set(got)) == 3
+    # every step with room left wrote in place, and every step without it moved to a new buffer
+    assert all(in_place) and len(in_place) == max(lengths[0], 2 + max(lengths[1:])) - 1  # the first token is the prefill's

@@ -2,7 +2,8 @@
 
 Requests taken together are prefilled together: prompts of similar length share one left-padded
 forward pass (`prefill_groups`), and their cache is then left-padded into the batch's KV cache.
-Every decode step runs one forward pass for all rows. A row leaves the batch
+Every decode step runs one forward pass for all rows, writing its keys and values into spare room
+at the end of the cache (`RoomyLayer`) rather than copying the whole cache to append them. A row leaves the batch
 as soon as it stops (end of turn, stop string, token limit, cancelled), so a short answer
 never waits for a long one and a cancelled request frees its slot for the next.
 
@@ -108,6 +109,52 @@ class _Row:
     ids: list[int]  # generated so far; the last one is the next input
     prompt: torch.Tensor  # the prompt's ids [1, n]: processors see prompt + reply, as in generate()
     position: int  # position of the next input token
+
+
+KV_ROOM = 128
+"""Tokens of spare room a cache layer grows by. transformers' DynamicLayer appends a step's keys
+and values by concatenation, copying the whole cache every step; at 8 rows that was 12 ms of a
+decode step's 29 ms outside the matrix products (bench/README.md, session 12)."""
+
+
+class RoomyLayer(DynamicLayer):
+    """A growing KV cache layer that appends into spare room: a step copies its own tokens only.
+
+    `keys` and `values` stay what transformers expects ([rows, heads, tokens, dim]), as views of a
+    buffer with KV_ROOM tokens to spare; a full buffer is replaced by one with room again. Anything
+    that assigns `keys`/`values` directly (merging rows in, dropping rows) is simply taken as the
+    new content: the next update copies it into a fresh buffer.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.is_initialized = True
+        self.device = keys.device
+        self.keys, self.values = keys, values
+        self._room: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _in_room(self) -> bool:
+        if self._room is None or self.keys is None:
+            return False
+        room = self._room[0]
+        return self.keys.data_ptr() == room.data_ptr() and self.keys.shape[:2] == room.shape[:2] and (
+            self.keys.stride() == room.stride())
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.keys is not None and self.values is not None
+        cached, new = self.keys.shape[-2], key_states.shape[-2]
+        if not self._in_room() or cached + new > self._room[0].shape[-2]:  # type: ignore[index]
+            keys = self.keys.new_empty((*key_states.shape[:2], cached + new + KV_ROOM, key_states.shape[-1]))
+            values = self.values.new_empty((*value_states.shape[:2], cached + new + KV_ROOM, value_states.shape[-1]))
+            keys[:, :, :cached] = self.keys
+            values[:, :, :cached] = self.values
+            self._room = (keys, values)
+        keys, values = self._room
+        keys[:, :, cached:cached + new] = key_states
+        values[:, :, cached:cached + new] = value_states
+        self.keys, self.values = keys[:, :, :cached + new], values[:, :, :cached + new]
+        return self.keys, self.values
 
 
 def _processors(params: GenParams, device: torch.device, prompt_len: int) -> LogitsProcessorList:
@@ -259,6 +306,8 @@ class DecodeBatch:
             self.cache, self.mask = cache, mask
             # generate() made another cache after all: serve these rows, merge no one into them
             self.mergeable = self.mergeable and all(type(layer) is DynamicLayer for layer in cache.layers)
+            if self.mergeable:
+                cache.layers[:] = [RoomyLayer(layer.keys, layer.values) for layer in cache.layers]
             return
         total = max(mask.shape[1], self.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
