@@ -411,11 +411,20 @@ int qmm_set_threads(int n) {
 
 /* When a worker holds a claimed chunk but is not running (other processes have the cores), the
    caller waits for it, for a scheduler time slice or more, on each of a decode step's 211
-   products. After such a stall the caller computes alone for BACKOFF_PRODUCTS products (a few
-   decode steps) and then tries the pool again. Measured with a training job beside 8 /asks on 2
-   cores: without this, the asks took 20 times longer than on one thread. */
-#define BACKOFF_PRODUCTS 2000
-static int pool_backoff;
+   products. After such a stall the caller computes alone for a while and then tries the pool
+   again. Measured with a training job beside 8 /asks on 2 cores: without this, the asks took 20
+   times longer than on one thread. How long "a while" is adapts: it starts at BACKOFF_MIN
+   products and doubles with each stall up to BACKOFF_MAX (about ten decode steps), and halves
+   after every BACKOFF_CLEAN products the pool computed without one. So a lasting neighbour keeps
+   the caller alone most of the time, while a rare stall on an idle machine (a timer, a
+   page fault) costs a fraction of a step: with a fixed 2,000 products, two such stalls in 30
+   decode steps left two thirds of their products on one thread (measured on a 2-core Xeon). */
+#define BACKOFF_MIN 16
+#define BACKOFF_MAX 2000
+#define BACKOFF_CLEAN 256
+static int pool_backoff;                   /* products still to compute alone */
+static int backoff_len = BACKOFF_MIN;      /* the next stall's backoff */
+static int pool_clean;                     /* pooled products since the last stall or halving */
 
 static inline int64_t now_ns(void) {
     struct timespec ts;
@@ -452,7 +461,14 @@ static void run_job(const Job *job) {
         else sched_yield();
     }
     /* a wait longer than a few of the caller's own chunks means a worker was off its core */
-    if (now_ns() - own > 3 * (own - start) / (mine > 0 ? mine : 1) + 50000) pool_backoff = BACKOFF_PRODUCTS;
+    if (now_ns() - own > 3 * (own - start) / (mine > 0 ? mine : 1) + 50000) {
+        pool_backoff = backoff_len;
+        backoff_len = backoff_len * 2 > BACKOFF_MAX ? BACKOFF_MAX : backoff_len * 2;
+        pool_clean = 0;
+    } else if (++pool_clean >= BACKOFF_CLEAN) {
+        backoff_len = backoff_len / 2 < BACKOFF_MIN ? BACKOFF_MIN : backoff_len / 2;
+        pool_clean = 0;
+    }
     pthread_mutex_unlock(&pool_busy);
 }
 
