@@ -86,22 +86,27 @@ class BlockLinear(nn.Linear):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        # a decode step calls this 211 times: keep the Python around the C call short
+        flat = x.reshape(-1, self.in_features)
+        if flat.dtype != torch.float32 or not flat.is_contiguous():
+            flat = flat.to(torch.float32).contiguous()
         rows = flat.shape[0]
         if rows > KERNEL_ROWS and self.threads == 1:
             out = torch.nn.functional.linear(flat, self.dequantise())
         else:
-            b = self.blocks
-            out = torch.empty(rows, b.out_features, dtype=torch.float32)
-            if b.kind == "Q4_1":
-                assert b.m is not None
-                self._lib.q4_1_mm(flat.data_ptr(), rows, b.in_features, b.q.data_ptr(), b.d.data_ptr(), b.m.data_ptr(),
-                                  b.out_features, out.data_ptr())
-            else:
-                self._lib.q8_0_mm(flat.data_ptr(), rows, b.in_features, b.q.data_ptr(), b.d.data_ptr(), b.out_features,
-                                  out.data_ptr())
-        return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
+            out = torch.empty(rows, self.out_features, dtype=torch.float32)
+            self._product(flat.data_ptr(), rows, out.data_ptr())
+        out = out.view(*x.shape[:-1], self.out_features)
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+    def _product(self, x: int, rows: int, out: int) -> None:
+        """out[rows, out_features] = x[rows, in_features] @ weight.T, by the kernels (pointers as ints)."""
+        b = self.blocks
+        if b.kind == "Q4_1":
+            assert b.m is not None
+            self._lib.q4_1_mm(x, rows, b.in_features, b.q.data_ptr(), b.d.data_ptr(), b.m.data_ptr(), b.out_features, out)
+        else:
+            self._lib.q8_0_mm(x, rows, b.in_features, b.q.data_ptr(), b.d.data_ptr(), b.out_features, out)
 
 
 def read_blocks(gguf: Path | str) -> tuple[str, dict[str, Blocks]]:
