@@ -100,6 +100,19 @@ static inline __attribute__((always_inline)) void q8_0_block(const int8_t *q, fl
         for (int r = 0; r < R; r++) out[r * N + n] = hsum(acc[r]);                                    \
     } while (0)
 
+/* Ask for the blocks of column n + PREFETCH_COLUMNS while column n is computed. A column's blocks
+   are three short runs (its nibbles, d and m), and the hardware prefetchers did not keep up with
+   them: with this, a one-row decode step took 32.8 ms against 37.7 ms (medians of 10 alternating
+   rounds in one process, a 2-core Xeon; 2, 8 and 16 columns ahead measured the same as 4). */
+#define PREFETCH_COLUMNS 4
+static inline __attribute__((always_inline)) void prefetch_column(const void *q, int64_t bytes, const float *d,
+                                                                  const float *m, int64_t blocks) {
+    for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch((const char *)q + i, _MM_HINT_T0);
+    for (int64_t i = 0; i < blocks * 4; i += 64) _mm_prefetch((const char *)d + i, _MM_HINT_T0);
+    if (m)
+        for (int64_t i = 0; i < blocks * 4; i += 64) _mm_prefetch((const char *)m + i, _MM_HINT_T0);
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 /* One row with 16-lane vectors: each block rebuilt as two vectors (the same d * q + m, in fp32)
    and multiplied into two accumulators; out[n] is their sum. */
@@ -114,6 +127,8 @@ static void q4_1_row16(const float *x, int64_t K, const uint8_t *qs, const float
     for (int64_t n = n0; n < n1; n++) {
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
         const uint8_t *q = qs + n * (K / 2);
+        if (n + PREFETCH_COLUMNS < n1)
+            prefetch_column(q + PREFETCH_COLUMNS * (K / 2), K / 2, d + (n + PREFETCH_COLUMNS) * B, m + (n + PREFETCH_COLUMNS) * B, B);
         for (int64_t b = 0; b < B; b++) {
             __m128i raw = _mm_loadu_si128((const __m128i *)(q + b * 16));
             __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
@@ -132,6 +147,7 @@ static void q8_0_row16(const float *x, int64_t K, const int8_t *qs, const float 
     for (int64_t n = n0; n < n1; n++) {
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
         const int8_t *q = qs + n * K;
+        if (n + PREFETCH_COLUMNS < n1) prefetch_column(q + PREFETCH_COLUMNS * K, K, d + (n + PREFETCH_COLUMNS) * B, NULL, B);
         for (int64_t b = 0; b < B; b++) {
             __m512 dv = _mm512_set1_ps(d[n * B + b]);
             __m512 w0 = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + b * 32)))));
@@ -156,6 +172,8 @@ static inline __attribute__((always_inline)) void q4_1_rows(const float *x, int6
         __m256 acc[8];
         for (int r = 0; r < (R < 4 ? 4 : R); r++) acc[r] = _mm256_setzero_ps();
         const uint8_t *q = qs + n * (K / 2);
+        if (n + PREFETCH_COLUMNS < n1)
+            prefetch_column(q + PREFETCH_COLUMNS * (K / 2), K / 2, d + (n + PREFETCH_COLUMNS) * B, m + (n + PREFETCH_COLUMNS) * B, B);
         for (int64_t b = 0; b < B; b++) {
             __m256 w[4];
             q4_1_block(q + b * 16, d[n * B + b], m[n * B + b], w);
@@ -173,6 +191,7 @@ static inline __attribute__((always_inline)) void q8_0_rows(const float *x, int6
         __m256 acc[8];
         for (int r = 0; r < (R < 4 ? 4 : R); r++) acc[r] = _mm256_setzero_ps();
         const int8_t *q = qs + n * K;
+        if (n + PREFETCH_COLUMNS < n1) prefetch_column(q + PREFETCH_COLUMNS * K, K, d + (n + PREFETCH_COLUMNS) * B, NULL, B);
         for (int64_t b = 0; b < B; b++) {
             __m256 w[4];
             q8_0_block(q + b * 32, d[n * B + b], w);
