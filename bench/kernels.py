@@ -1,13 +1,11 @@
 """The GGUF block kernels (backends/local/kernels/qmm.c) against an earlier version of them, side by side.
 
-Builds this checkout's qmm.c and the one at git revision REV into a temporary directory (each for
-its ISA: avx2 or avx512), then, in one process and alternating, times every product of one decode
-step of the bundled model's shape (30 layers of 7 Q4_1 projections and the Q8_0 output head, each
-its own random blocks, 96 MB in all as in the model) at each row count, and says whether both
-libraries give the same bits (two ISAs sum in different orders, so they do not).
+Builds this checkout's qmm.c and the one at git revision REV into a temporary directory, then, in
+one process and alternating, times every product of one decode step of the bundled model's shape
+(30 layers of 7 Q4_1 projections and the Q8_0 output head, each its own random blocks, 96 MB in
+all as in the model) at each row count, and checks that both libraries give the same bits.
 
     .venv/bin/python bench/kernels.py --against 1785d03~2 --rows 4,8,16,37,296 --threads 2
-    .venv/bin/python bench/kernels.py --against HEAD --against-isa avx2 --isa avx512 --rows 1,8,37
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backends.local.kernels import COMMON_FLAGS, ISA_FLAGS, _declare  # noqa: E402
+from backends.local.kernels import FLAGS, _declare  # noqa: E402
 
 SOURCE = "backends/local/kernels/qmm.c"
 # SmolLM2-135M: q, k, v, o, gate, up, down per layer (out, in); the tied output head is Q8_0
@@ -33,10 +31,10 @@ LAYER = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576
 LAYERS, HEAD = 30, (49152, 576)
 
 
-def build(source: str, out: Path, isa: str) -> ctypes.CDLL:
+def build(source: str, out: Path) -> ctypes.CDLL:
     src = out.with_suffix(".c")
     src.write_text(source)
-    subprocess.run(["gcc", *COMMON_FLAGS, *ISA_FLAGS[isa], "-o", str(out), str(src)], check=True)
+    subprocess.run(["gcc", *FLAGS, "-o", str(out), str(src)], check=True)
     lib = ctypes.CDLL(str(out))
     _declare(lib)  # the argument types the app declares
     return lib
@@ -70,8 +68,6 @@ def step(lib: ctypes.CDLL, ws: list, x: dict[int, np.ndarray], rows: int) -> lis
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", required=True, help="git revision of the kernels to compare with")
-    ap.add_argument("--against-isa", default="avx2", choices=sorted(ISA_FLAGS), help="what REV's kernels are built for")
-    ap.add_argument("--isa", default="avx2", choices=sorted(ISA_FLAGS), help="what this checkout's kernels are built for")
     ap.add_argument("--rows", default="1,4,8,16,37,296")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
@@ -81,11 +77,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ws = weights(rng)
     with tempfile.TemporaryDirectory() as tmp:
-        libs = {"old": build(old_source, Path(tmp) / "old.so", args.against_isa),
-                "new": build((REPO / SOURCE).read_text(), Path(tmp) / "new.so", args.isa)}
+        libs = {"old": build(old_source, Path(tmp) / "old.so"), "new": build((REPO / SOURCE).read_text(), Path(tmp) / "new.so")}
         for lib in libs.values():
             lib.qmm_set_threads(args.threads)
-        print(f"| rows | {args.against} ({args.against_isa}) | this checkout ({args.isa}) | speed-up | same bits |\n|---|---|---|---|---|")
+        print(f"| rows | {args.against} | this checkout | speed-up | same bits |\n|---|---|---|---|---|")
         for rows in (int(r) for r in args.rows.split(",")):
             x = {k: rng.standard_normal((rows, k)).astype(np.float32) for k in (576, 1536)}
             same = all(np.array_equal(a, b) for a, b in zip(step(libs["old"], ws, x, rows), step(libs["new"], ws, x, rows),

@@ -19,7 +19,7 @@ from backends.base import BackendError, GenParams, Message
 from backends.bundled import bundled_gguf_path, resolve_model_dir
 from backends.local import LocalBackend, LocalModelHost
 from backends.local.gguf_weights import BlockLinear, Blocks
-from backends.local.kernels import ISA_LANES, KernelsUnavailable, cpu_supported, default_isa, isas, load
+from backends.local.kernels import KernelsUnavailable, cpu_supported, load
 from backends.local.pool import HostPool
 from settings import BUNDLED_MODEL, ModelSpec
 from tests.conftest import REPO
@@ -28,8 +28,6 @@ from trainer.gate import serving_blocks
 
 pytestmark = pytest.mark.skipif(cpu_supported() is not None, reason=f"{cpu_supported()}")
 
-# every build this CPU runs: avx2 always, avx512 too where the CPU has it (its one-row kernel differs)
-ISAS = isas() or ["avx2"]
 QUESTIONS = ["What is the capital of France?", "Write a haiku about rain.", "List three uses of copper."]
 
 
@@ -53,26 +51,24 @@ def q8_0(n_out: int, n_in: int, seed: int) -> tuple[Blocks, torch.Tensor]:
     return Blocks("Q8_0", torch.from_numpy(q), torch.from_numpy(d), None, n_out, n_in), torch.from_numpy(weight)
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("make", [q4_1, q8_0])
 # 1 row: the one-row kernel; 3 and 8: blocks rebuilt in registers; 9 and 17: panels and a last lone row;
 # 40 to 200: panels; 400 (past KERNEL_ROWS on one thread): the dequantised weight and torch's matmul
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 17, 40, 200, 400])
-def test_block_products_equal_fp32_products_on_the_same_weights(isa, make, rows, model_cache_dir):
+def test_block_products_equal_fp32_products_on_the_same_weights(make, rows, model_cache_dir):
     blocks, weight = make(98, 160, seed=rows)  # 98 columns: the last panel is cut short
     like = torch.empty(0)
-    layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels", isa), like)
+    layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels"), like)
     assert torch.equal(layer.dequantise(), weight)  # bit for bit the weights transformers would hold
     x = torch.randn(1, rows, 160)
     torch.testing.assert_close(layer(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("make", [q4_1, q8_0])
-def test_a_rows_product_is_bit_for_bit_the_same_whichever_path_computes_it(isa, make, model_cache_dir):
+def test_a_rows_product_is_bit_for_bit_the_same_whichever_path_computes_it(make, model_cache_dir):
     """Decode steps (up to 8 rows) rebuild blocks in registers, prompts go through panels: same bits per row."""
     blocks, _ = make(98, 160, seed=7)
-    layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels", isa), torch.empty(0))
+    layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels"), torch.empty(0))
     x = torch.randn(40, 160)
     together = layer(x)  # panels
     assert torch.equal(layer(x[:8]), together[:8])  # registers
@@ -80,15 +76,13 @@ def test_a_rows_product_is_bit_for_bit_the_same_whichever_path_computes_it(isa, 
     assert torch.equal(layer(x[8:9]), layer(x[:9])[8:9])  # a lone last row takes the one-row kernel, as alone
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("make", [q4_1, q8_0])
-@pytest.mark.parametrize("rows", [1, 8])
-def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(isa, make, rows, model_cache_dir):
+def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(make, model_cache_dir):
     # 1001 output columns: chunks are whole groups of 8 columns, so the last one is cut short
     blocks, weight = make(1001, 320, seed=5)
-    lib = load(model_cache_dir.parent / "kernels", isa)
+    lib = load(model_cache_dir.parent / "kernels")
     layer = BlockLinear(blocks, lib, torch.empty(0))
-    x = torch.randn(rows, 320)
+    x = torch.randn(8, 320)
     try:
         assert lib.qmm_set_threads(1) == 1
         alone = layer(x)
@@ -102,22 +96,6 @@ def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(isa, make, r
     torch.testing.assert_close(alone, F.linear(x, weight), rtol=1e-5, atol=1e-5)
     assert torch.equal(pooled, alone)
     assert all(torch.equal(out, alone) for outs in together for out in outs)
-
-
-def test_each_build_runs_where_the_cpu_can_and_says_why_not_elsewhere(model_cache_dir, monkeypatch):
-    """AVX-512 is picked where the CPU has it; CLASSROOM_KERNELS_ISA=avx2 picks the AVX2 build anywhere."""
-    kernels = model_cache_dir.parent / "kernels"
-    assert "avx2" in isas() and default_isa() == isas()[0]
-    for isa in ("avx2", "avx512"):
-        if isa in isas():
-            assert load(kernels, isa).qmm_lanes() == ISA_LANES[isa]
-        else:
-            with pytest.raises(KernelsUnavailable, match="cannot run the avx512 build"):
-                load(kernels, isa)
-    monkeypatch.setenv("CLASSROOM_KERNELS_ISA", "avx2")
-    assert default_isa() == "avx2" and load(kernels).qmm_lanes() == 8
-    monkeypatch.setenv("CLASSROOM_KERNELS_ISA", "sse2")  # not a build: the fastest one, as without it
-    assert default_isa() == isas()[0]
 
 
 def host(model_dir: str, dtype: str, kernel_dir: Path, **kw) -> LocalModelHost:

@@ -1,19 +1,13 @@
-/* Matrix products straight from GGUF blocks, for decoding on a CPU with AVX2 and FMA (and AVX-512).
+/* Matrix products straight from GGUF blocks, for decoding on a CPU with AVX2 and FMA.
 
    Decoding one token reads every weight once, so it is bound by memory: fp32 weights are 540 MB a
    token for SmolLM2-135M, its Q4_1 blocks 5 times less. These kernels multiply fp32 activations by
    the blocks directly. Each weight is rebuilt exactly as transformers dequantises the file
    (d * q + m, in fp32), so the weights are the fp32 model's own; only the order of the sums differs.
 
-   Built at run time by backends/local/kernels/__init__.py (gcc -O3 -mavx2 -mfma, adding -mavx512f
-   -mavx512bw where the CPU has them) and called through ctypes, which releases the GIL. A product
-   is split by output columns among a small thread pool (qmm_set_threads; use_gguf_blocks gives it
-   OMP_NUM_THREADS, else the process's CPUs).
-
-   AVX-512 serves one-row products only (a single stream's decode step): rebuilding a block as two
-   16-lane vectors instead of four 8-lane ones cut that step's products by about a third on a
-   2-core Xeon with AVX-512. Products of several rows keep 8 lanes: with 16 they measured slower
-   there (the multiply-adds, not the rebuilding, bound them, and 16-lane FMAs gave no more). */
+   Built at run time by backends/local/kernels/__init__.py (gcc -O3 -mavx2 -mfma) and called through
+   ctypes, which releases the GIL. A product is split by output columns among a small thread pool
+   (qmm_set_threads; use_gguf_blocks gives it OMP_NUM_THREADS, else the process's CPUs). */
 
 #include <immintrin.h>
 #include <pthread.h>
@@ -22,15 +16,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
-
-/* 16 when this build serves one-row products with AVX-512, else 8 (its loader checks it). */
-int qmm_lanes(void) {
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    return 16;
-#else
-    return 8;
-#endif
-}
 
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -102,8 +87,9 @@ static inline __attribute__((always_inline)) void q8_0_block(const int8_t *q, fl
 
 /* Ask for the blocks of column n + PREFETCH_COLUMNS while column n is computed. A column's blocks
    are three short runs (its nibbles, d and m), and the hardware prefetchers did not keep up with
-   them: with this, a one-row decode step took 32.8 ms against 37.7 ms (medians of 10 alternating
-   rounds in one process, a 2-core Xeon; 2, 8 and 16 columns ahead measured the same as 4). */
+   them. The bundled model's decode step, without and with it, alternating in one process (medians
+   of 10 rounds, a 2-core Xeon): one row 55.5 -> 37.4 ms, eight rows 94.2 -> 88.2 ms, same bits;
+   2, 8 and 16 columns ahead measured the same as 4. */
 #define PREFETCH_COLUMNS 4
 static inline __attribute__((always_inline)) void prefetch_column(const void *q, int64_t bytes, const float *d,
                                                                   const float *m, int64_t blocks) {
@@ -112,56 +98,6 @@ static inline __attribute__((always_inline)) void prefetch_column(const void *q,
     if (m)
         for (int64_t i = 0; i < blocks * 4; i += 64) _mm_prefetch((const char *)m + i, _MM_HINT_T0);
 }
-
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-/* One row with 16-lane vectors: each block rebuilt as two vectors (the same d * q + m, in fp32)
-   and multiplied into two accumulators; out[n] is their sum. */
-static inline float hsum16(__m512 v) {
-    return hsum(_mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
-}
-
-static void q4_1_row16(const float *x, int64_t K, const uint8_t *qs, const float *d, const float *m, int64_t n0, int64_t n1,
-                       float *out) {
-    const int64_t B = K / 32;
-    const __m128i low = _mm_set1_epi8(0x0F);
-    for (int64_t n = n0; n < n1; n++) {
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        const uint8_t *q = qs + n * (K / 2);
-        if (n + PREFETCH_COLUMNS < n1)
-            prefetch_column(q + PREFETCH_COLUMNS * (K / 2), K / 2, d + (n + PREFETCH_COLUMNS) * B, m + (n + PREFETCH_COLUMNS) * B, B);
-        for (int64_t b = 0; b < B; b++) {
-            __m128i raw = _mm_loadu_si128((const __m128i *)(q + b * 16));
-            __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
-            __m512 dv = _mm512_set1_ps(d[n * B + b]), mv = _mm512_set1_ps(m[n * B + b]);
-            __m512 w0 = _mm512_add_ps(_mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo))), mv);
-            __m512 w1 = _mm512_add_ps(_mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi))), mv);
-            acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + b * 32), acc0);
-            acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + b * 32 + 16), acc1);
-        }
-        out[n] = hsum16(_mm512_add_ps(acc0, acc1));
-    }
-}
-
-static void q8_0_row16(const float *x, int64_t K, const int8_t *qs, const float *d, int64_t n0, int64_t n1, float *out) {
-    const int64_t B = K / 32;
-    for (int64_t n = n0; n < n1; n++) {
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        const int8_t *q = qs + n * K;
-        if (n + PREFETCH_COLUMNS < n1) prefetch_column(q + PREFETCH_COLUMNS * K, K, d + (n + PREFETCH_COLUMNS) * B, NULL, B);
-        for (int64_t b = 0; b < B; b++) {
-            __m512 dv = _mm512_set1_ps(d[n * B + b]);
-            __m512 w0 = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + b * 32)))));
-            __m512 w1 = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + b * 32 + 16)))));
-            acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + b * 32), acc0);
-            acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + b * 32 + 16), acc1);
-        }
-        out[n] = hsum16(_mm512_add_ps(acc0, acc1));
-    }
-}
-#define ROW16 1
-#else
-#define ROW16 0
-#endif
 
 /* out[r, n] = sum_k x[r, k] * w[n, k] for rows r0..r0+R (R <= 8), with w stored as Q4_1 blocks of 32:
    w = d * q + m (q in 0..15: the low nibbles of qs hold elements 0..15, the high ones 16..31). */
@@ -325,17 +261,11 @@ static void job_columns(const Job *job, int64_t n0, int64_t n1) {
         if (job->kind == 0) {
             const uint8_t *qs = job->qs;
             if (R == 8) q4_1_rows(x, 8, K, qs, job->d, job->m, n0, n1, N, out);
-#if ROW16
-            else if (R == 1) q4_1_row16(x, K, qs, job->d, job->m, n0, n1, out);
-#endif
             else if (R == 1) q4_1_rows(x, 1, K, qs, job->d, job->m, n0, n1, N, out);
             else q4_1_rows(x, R, K, qs, job->d, job->m, n0, n1, N, out);
         } else {
             const int8_t *qs = job->qs;
             if (R == 8) q8_0_rows(x, 8, K, qs, job->d, n0, n1, N, out);
-#if ROW16
-            else if (R == 1) q8_0_row16(x, K, qs, job->d, n0, n1, out);
-#endif
             else if (R == 1) q8_0_rows(x, 1, K, qs, job->d, n0, n1, N, out);
             else q8_0_rows(x, R, K, qs, job->d, n0, n1, N, out);
         }
