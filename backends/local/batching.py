@@ -3,9 +3,9 @@
 Requests taken together are prefilled together: prompts of similar length share one left-padded
 forward pass (`prefill_groups`), and their cache is then left-padded into the batch's KV cache.
 Every decode step runs one forward pass for all rows, writing its keys and values into spare room
-at the end of the cache (`RoomyLayer`) rather than copying the whole cache to append them. A row leaves the batch
-as soon as it stops (end of turn, stop string, token limit, cancelled), so a short answer
-never waits for a long one and a cancelled request frees its slot for the next.
+at the end of the cache (`RoomyLayer`) rather than copying the whole cache to append them. A row
+leaves the batch as soon as it stops (end of turn, stop string, token limit, cancelled), so a
+short answer never waits for a long one and a cancelled request frees its slot for the next.
 
 Rows on a PEFT model name their adapter per row (peft's mixed-batch `adapter_names`, with
 "__base__" for the base weights), so a teacher and a student share one forward pass.
