@@ -132,13 +132,11 @@ class RoomyLayer(DynamicLayer):
         self.device = keys.device
         self.keys, self.values = keys, values
         self._room: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._appended: torch.Tensor | None = None  # the view of the room `update` last returned as keys
 
     def _in_room(self) -> bool:
-        if self._room is None or self.keys is None:
-            return False
-        room = self._room[0]
-        return self.keys.data_ptr() == room.data_ptr() and self.keys.shape[:2] == room.shape[:2] and (
-            self.keys.stride() == room.stride())
+        """Whether `keys` is still the view of the room this layer made (nobody assigned new content)."""
+        return self._room is not None and self.keys is self._appended
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +152,7 @@ class RoomyLayer(DynamicLayer):
         keys[:, :, cached:cached + new] = key_states
         values[:, :, cached:cached + new] = value_states
         self.keys, self.values = keys[:, :, :cached + new], values[:, :, :cached + new]
+        self._appended = self.keys
         return self.keys, self.values
 
 
