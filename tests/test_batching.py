@@ -15,6 +15,7 @@ import pytest
 from backends.base import BackendError, GenParams, Message
 from backends.local import LocalBackend, LocalModelHost
 from backends.local.generation import generate_completion
+from backends.local.kernels import cpu_supported
 from settings import ModelSpec
 from tests.tiny import build_tiny_model, make_lora
 
@@ -209,6 +210,7 @@ async def test_smol_batched_answers_equal_plain_generate(model_cache_dir: Path) 
             lambda: [generate_completion(smol.model, smol.tokenizer, c, params, cancel=threading.Event()).text for c in convs]
         )
         assert together == plain and "Paris" in together[0]
+        assert cpu_supported() is not None or smol.lean_step.steps > 0  # the lean steps are what was checked
     finally:
         await smol.aclose()
 
@@ -278,7 +280,9 @@ async def test_a_model_with_a_sliding_window_cache_serves_one_request_at_a_time(
         await host.aclose()
 
 
-async def test_the_kv_cache_appends_into_spare_room_without_changing_answers(host: LocalModelHost, monkeypatch) -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["transformers-forward", "lean-step"])
+async def test_the_kv_cache_appends_into_spare_room_without_changing_answers(host: LocalModelHost, monkeypatch,
+                                                                             lean: bool) -> None:
     """A decode step writes its keys and values into room at the end of the cache, not into a whole new copy;
     a full buffer, rows joining and rows leaving all move it to a new one, and answers stay plain generate's."""
     import threading
@@ -288,11 +292,14 @@ async def test_the_kv_cache_appends_into_spare_room_without_changing_answers(hos
     from backends.local import batching
     from backends.local.batching import DecodeBatch, GenRequest, RoomyLayer
 
+    if lean and cpu_supported() is not None:
+        pytest.skip(f"no lean steps here: {cpu_supported()}")
     monkeypatch.setattr(batching, "KV_ROOM", 3)  # a new buffer every few steps, and at every join and leave
     lengths = [12, 5, 9]
 
     def run() -> tuple[list[str], list[str], list[bool]]:
-        batch = DecodeBatch(host.model, host.tokenizer, peft=False)
+        assert host.lean_step is not None or cpu_supported() is not None
+        batch = DecodeBatch(host.model, host.tokenizer, peft=False, lean=host.lean_step if lean else None)
         requests = [GenRequest(p, greedy(n), None, threading.Event()) for p, n in zip(PROMPTS[:3], lengths, strict=True)]
         answers: dict[int, str] = {}
         in_place: list[bool] = []

@@ -34,6 +34,7 @@ from backends.local.generation import (
     _generation_config,
     chat_input_ids,
 )
+from backends.local.lean_step import LeanStep
 
 BASE = "__base__"
 """peft's name for 'no adapter' in a mixed batch."""
@@ -175,10 +176,11 @@ def _eos_ids(config: Any) -> frozenset[int]:
 class DecodeBatch:
     """The rows decoding together, their shared left-padded KV cache and attention mask."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, peft: bool):
+    def __init__(self, model: Any, tokenizer: Any, *, peft: bool, lean: LeanStep | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.peft = peft
+        self.lean = lean  # computes decode steps in place of the model's forward (see lean_step)
         self.rows: list[_Row] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, cached length]; 0 marks left padding
@@ -236,7 +238,7 @@ class DecodeBatch:
                 for sampler in (x for x in processors if isinstance(x, SeededSampler)):
                     scores = sampler(p.ids, scores)  # the reply is empty: the penalty has nothing to see yet
                 tracker = TextTracker(self.tokenizer, params.stop)
-                rows.append(_Row(p.request, p.length, tracker, processors, eos, ids=[int(scores.argmax())],
+                rows.append(_Row(p.request, p.length, tracker, processors, eos, ids=best_tokens(scores),
                                  prompt=p.ids, position=p.length))
         self._merge(out.past_key_values, mask)
         self.rows.extend(rows)
@@ -248,17 +250,22 @@ class DecodeBatch:
         tokens = torch.tensor([[r.ids[-1]] for r in self.rows], dtype=torch.long, device=device)
         positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
-        extra = {"adapter_names": [r.request.adapter_internal for r in self.rows]} if self.peft else {}
+        names = [r.request.adapter_internal for r in self.rows] if self.peft else None
         with torch.inference_mode():
-            logits = self.model(
-                input_ids=tokens, attention_mask=self.mask, position_ids=positions, cache=self.cache, use_cache=True, **extra
-            ).logits[:, -1, :]
-            chosen = logits.argmax(dim=-1).tolist()
+            if self.lean is not None and self.mergeable:
+                logits = self.lean(self.model, tokens, positions, self.mask, self.cache, names)
+            else:
+                extra = {"adapter_names": names} if names is not None else {}
+                logits = self.model(
+                    input_ids=tokens, attention_mask=self.mask, position_ids=positions, cache=self.cache, use_cache=True,
+                    **extra,
+                ).logits[:, -1, :]
+            chosen = best_tokens(logits)
             for i, row in enumerate(self.rows):
                 if row.processors:
                     generated = torch.tensor([row.ids], dtype=torch.long, device=device)
                     seen = torch.cat([row.prompt, generated], dim=1)
-                    chosen[i] = int(row.processors(seen, logits[i : i + 1].float()).argmax())
+                    chosen[i] = best_tokens(row.processors(seen, logits[i : i + 1].float()))[0]
         for row, token in zip(self.rows, chosen, strict=True):
             row.position += 1
             row.ids.append(token)
@@ -328,6 +335,17 @@ class DecodeBatch:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
         self.rows = [self.rows[i] for i in keep]
+
+
+def best_tokens(scores: torch.Tensor) -> list[int]:
+    """Each row's highest-scoring token id (the first of equals), for scores [rows, vocab].
+
+    On the CPU through numpy: torch's argmax took 70 µs for one row of the bundled model's 49,152
+    scores and 530 µs for eight, numpy's 3.5 and 30 (2-core Xeon, torch 2.13); a decode step
+    calls it once for the batch and once for each row with its own logits processors."""
+    if scores.device.type == "cpu":
+        return scores.float().numpy().argmax(axis=-1).tolist()
+    return scores.argmax(dim=-1).tolist()
 
 
 def _left_pad(t: torch.Tensor, total: int) -> torch.Tensor:

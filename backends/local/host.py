@@ -102,6 +102,7 @@ class LocalModelHost(BatchScheduler):
         self.dtype = resolve_dtype(dtype, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{Path(model_dir).name}")
         self._model: Any = None  # a PreTrainedModel, or a PeftModel around it once an adapter is set
+        self._lean: Any = None  # a lean_step.LeanStep for its decode steps, when it can take this model
         self._tokenizer: Any = None
         self._parameter_count: int | None = None
         self._adapters: dict[str, _Adapter] = {}
@@ -135,6 +136,11 @@ class LocalModelHost(BatchScheduler):
     def model(self) -> Any:
         """The loaded model (a PeftModel once adapters are set), or None. Run torch on it only via `submit`."""
         return self._model
+
+    @property
+    def lean_step(self) -> Any:
+        """The lean_step.LeanStep computing this model's decode steps, or None (transformers' forward does)."""
+        return self._lean
 
     @property
     def tokenizer(self) -> Any:
@@ -249,6 +255,10 @@ class LocalModelHost(BatchScheduler):
         self._parameter_count = sum(p.numel() for p in model.parameters())
         if self.dtype == "gguf":
             self._use_blocks(model)
+        if self.device == "cpu":
+            from backends.local.lean_step import LeanStep
+
+            self._lean = LeanStep.load(model, self.kernel_dir)
         self._tokenizer = tokenizer
         self._model = model
         log.info(
@@ -323,7 +333,7 @@ class LocalModelHost(BatchScheduler):
 
     def _shut_down(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self._model = self._tokenizer = None
+        self._model = self._tokenizer = self._lean = None
         self._adapters.clear()
         gc.collect()
         if self.device.startswith("cuda"):

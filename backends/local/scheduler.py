@@ -40,6 +40,7 @@ class BatchScheduler:
     _adapters: dict[str, Any]
     _model: Any
     _tokenizer: Any
+    _lean: Any
 
     def load(self) -> None:  # provided by LocalModelHost
         raise NotImplementedError
@@ -85,7 +86,7 @@ class BatchScheduler:
             self._fail_queue(e)
             return
         waiting: deque[GenRequest] = deque()
-        batch = DecodeBatch(self._model, self._tokenizer, peft=False)
+        batch = DecodeBatch(self._model, self._tokenizer, peft=False, lean=self._lean)
         slept = False
         while self._take(waiting, batch):
             if self._closing.is_set():

@@ -1,4 +1,5 @@
-"""The GGUF block kernels (qmm.c): built once with the machine's C compiler, loaded with ctypes.
+"""The CPU kernels: GGUF block products (qmm.c) and decode-step attention (attend.c), built once
+into one library with the machine's C compiler and loaded with ctypes.
 
 `load()` returns the library, or raises KernelsUnavailable with the reason (not x86-64, no AVX2
 or FMA, no compiler, a failed build); callers then keep fp32 weights.
@@ -16,7 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("qmm.c")
+SOURCES = (Path(__file__).with_name("qmm.c"), Path(__file__).with_name("attend.c"))
 FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
 _lock = threading.Lock()
 _loaded: dict[Path, ctypes.CDLL] = {}
@@ -43,7 +44,7 @@ def load(cache_dir: Path) -> ctypes.CDLL:
     reason = cpu_supported()
     if reason:
         raise KernelsUnavailable(reason)
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:12]
     target = Path(cache_dir) / f"qmm-{key}.so"
     with _lock:
@@ -65,7 +66,8 @@ def _build(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         partial = Path(tmp) / target.name
         try:
-            done = subprocess.run([cc, *FLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True)
+            done = subprocess.run([cc, *FLAGS, "-o", str(partial), *map(str, SOURCES), "-lm"], capture_output=True,
+                                  text=True)
         except OSError as e:
             raise KernelsUnavailable(f"cannot run the C compiler {cc}: {e.strerror}") from e
         if done.returncode != 0:
@@ -83,3 +85,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qmm_set_threads.restype = ctypes.c_int
     for fn in (lib.q4_1_mm, lib.q8_0_mm, lib.q4_1_dequant, lib.q8_0_dequant):
         fn.restype = None
+    if hasattr(lib, "attend_decode"):  # bench/kernels.py also loads builds of qmm.c alone
+        lib.attend_decode.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, i, p, ctypes.c_float, p]
+        lib.attend_decode.restype = ctypes.c_int
+        lib.rope_decode.argtypes = [p, i, p, i, i, i, p, p]
+        lib.rope_decode.restype = ctypes.c_int

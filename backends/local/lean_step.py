@@ -1,0 +1,196 @@
+"""One decode step of a llama-architecture model, without transformers' per-layer machinery.
+
+A decode step computes one new token for each row of a batch. At the bundled 135M model's size
+transformers' forward spends as long around the arithmetic as in it: a one-row step took 29 ms,
+of which 9 ms were the 211 matrix products and the rest module calls, mask building, some
+3,000 small torch ops and attention at 30–200 µs a call (bench/README.md, session 13).
+`LeanStep` runs the same layers itself:
+
+- every linear layer is the model's own module, called as transformers calls it, so GGUF block
+  layers and peft's LoRA layers work unchanged (LoRA gets the batch's per-row adapter names);
+- norms are the same torch ops transformers runs, and rotary embeddings one C call a layer that
+  rounds as those ops do: the same bits;
+- attention is one C call a layer (kernels/attend.c) instead of torch's scaled_dot_product_attention.
+
+Prefill stays with transformers. A step reads and extends the batch's KV cache through
+`cache.update`, as transformers does, so the two may take turns on one cache.
+
+It serves only what it was checked on (`LeanStep.load`): transformers' own Llama modules, fp32
+on the CPU, no biases, and a model on which one step computed both ways agrees. Anything else
+keeps transformers' forward, which gives the same answers, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+OFF_SWITCH = "CLASSROOM_LEAN_STEP"
+"""Set to 0 to decode through transformers' forward instead (to compare, or to rule this out)."""
+
+
+def _rms(norm: Any, h: torch.Tensor) -> torch.Tensor:
+    # LlamaRMSNorm.forward for fp32 input, op for op
+    variance = h.pow(2).mean(-1, keepdim=True)
+    return norm.weight * (h * torch.rsqrt(variance + norm.variance_epsilon))
+
+
+class LeanStep:
+    """Decode steps of one llama-architecture model, with the attention kernel of `lib`."""
+
+    def __init__(self, lib: ctypes.CDLL, config: Any):
+        self.lib = lib
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.steps = 0  # decode steps computed (for tests and benchmarks)
+
+    @classmethod
+    def load(cls, model: Any, kernel_dir: Path) -> LeanStep | None:
+        """A LeanStep for `model` (a base model, before any adapter), or None, logging why not."""
+        if os.environ.get(OFF_SWITCH, "").strip() == "0":
+            log.info("lean decode steps are off (%s=0)", OFF_SWITCH)
+            return None
+        reason = unsupported(model)
+        if reason is None:
+            from backends.local.kernels import KernelsUnavailable, load
+
+            try:
+                step: LeanStep | None = cls(load(kernel_dir), model.config)
+            except KernelsUnavailable as e:
+                reason = f"no attention kernel: {e}"
+            else:
+                assert step is not None
+                reason = step.disagreement(model)
+                if reason is None:
+                    step.steps = 0
+                    return step
+        log.info("decode steps run through transformers' forward: %s", reason)
+        return None
+
+    def __call__(self, model: Any, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any,
+                 adapter_names: list[str] | None = None) -> torch.Tensor:
+        """Logits [rows, vocab] of the next token after `tokens` [rows, 1] at `positions` [rows, 1].
+
+        `mask` [rows, cached + 1] (int64) marks each row's real tokens (0: left padding), the new
+        one included; `cache` is the batch's KV cache, which this extends. On a PeftModel,
+        `adapter_names` names each row's adapter (peft's mixed batch; "__base__" for none).
+        """
+        self.steps += 1
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner = base.model
+        if adapter_names is None:
+            def linear(module: Any, x: torch.Tensor) -> torch.Tensor:
+                return module(x)
+        else:
+            tuned = _peft_layers()
+
+            def linear(module: Any, x: torch.Tensor) -> torch.Tensor:
+                # what peft's mixed-batch forward hooks hand these layers, without hooking ~200 modules a step
+                return module(x, adapter_names=adapter_names) if isinstance(module, tuned) else module(x)
+
+        rows, dim = tokens.shape[0], self.head_dim
+        mask = mask if mask.dtype == torch.int64 and mask.is_contiguous() else mask.to(torch.int64).contiguous()
+        h = linear(inner.embed_tokens, tokens)
+        cos_t, sin_t = (t.contiguous() for t in inner.rotary_emb(h, position_ids=positions))  # [rows, 1, dim]
+        cos, sin = cos_t.data_ptr(), sin_t.data_ptr()
+        for i, layer in enumerate(inner.layers):
+            attn = layer.self_attn
+            x = _rms(layer.input_layernorm, h)
+            q, k = linear(attn.q_proj, x).contiguous(), linear(attn.k_proj, x).contiguous()
+            self.lib.rope_decode(q.data_ptr(), self.heads, k.data_ptr(), self.kv_heads, rows, dim, cos, sin)
+            q, k = q.view(rows, 1, -1, dim).transpose(1, 2), k.view(rows, 1, -1, dim).transpose(1, 2)
+            v = linear(attn.v_proj, x).view(rows, 1, -1, dim).transpose(1, 2)
+            keys, values = cache.update(k, v, i)
+            h = h + linear(attn.o_proj, self.attend(q, keys, values, mask, getattr(attn, "scaling", dim**-0.5)))
+            x = _rms(layer.post_attention_layernorm, h)
+            mlp = layer.mlp
+            h = h + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
+        return linear(base.lm_head, _rms(inner.norm, h))[:, -1, :]
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """softmax(q kᵀ · scaling) v over each row's unmasked tokens: q [rows, heads, 1, dim],
+        keys/values [rows, kv_heads, tokens, dim] (any strides but the last), mask [rows, tokens]
+        int64; returns [rows, 1, heads · dim] as transformers hands it to o_proj."""
+        rows, heads, _, dim = q.shape
+        q = q.contiguous()
+        keys = keys if keys.stride(-1) == 1 else keys.contiguous()
+        values = values if values.stride(-1) == 1 else values.contiguous()
+        tokens = keys.shape[2]
+        if mask.shape != (rows, tokens):
+            raise ValueError(f"attention mask {tuple(mask.shape)} does not fit {rows} rows of {tokens} cached tokens")
+        out = torch.empty(rows, 1, heads * dim, dtype=torch.float32)
+        done = self.lib.attend_decode(
+            q.data_ptr(), rows, heads, keys.shape[1], dim, keys.data_ptr(), values.data_ptr(),
+            *keys.stride()[:3], *values.stride()[:3], tokens, mask.data_ptr(), scaling, out.data_ptr(),
+        )
+        if not done:
+            raise RuntimeError(f"the attention kernel cannot take {heads} heads over {keys.shape[1]} of {dim} dimensions")
+        return out
+
+    def disagreement(self, model: Any) -> str | None:
+        """None when one step of `model` computed here agrees with transformers' forward, else how it differs."""
+        vocab = model.config.vocab_size
+        ids = (torch.arange(5, dtype=torch.long) * 7919 % vocab).view(1, 5)
+        mask, positions = torch.ones(1, 5, dtype=torch.long), torch.tensor([[4]])
+        with torch.inference_mode():
+            theirs_cache, mine_cache = (_cache_of(model(input_ids=ids[:, :4], use_cache=True)) for _ in range(2))
+            theirs = model(input_ids=ids[:, 4:], attention_mask=mask, position_ids=positions, cache=theirs_cache,
+                           use_cache=True).logits[:, -1, :]
+            try:
+                mine = self(model, ids[:, 4:], positions, mask, mine_cache)
+            except Exception as e:  # a module this does not call the way it expects
+                return f"a lean step failed on this model ({type(e).__name__}: {e})"
+        gap = float((mine - theirs).abs().max())
+        if not gap <= 1e-3 * max(1.0, float(theirs.abs().max())) or int(mine.argmax()) != int(theirs.argmax()):
+            return f"a lean step differs from transformers' on this model (largest logit gap {gap:.2g})"
+        return None
+
+
+def _peft_layers() -> tuple[type, ...]:
+    """The peft layer classes that take `adapter_names` (the ones its mixed-batch forward hooks)."""
+    from peft.tuners.lora import LoraLayer
+
+    try:
+        from peft.utils.other import AuxiliaryTrainingWrapper as Wrapper
+    except ImportError:  # peft before 0.15
+        from peft.utils.other import ModulesToSaveWrapper as Wrapper
+    return (LoraLayer, Wrapper)
+
+
+def _cache_of(output: Any) -> Any:
+    # transformers 5 names a forward's cache `cache`; 4.x named it `past_key_values`
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def unsupported(model: Any) -> str | None:
+    """None when `model` has exactly the structure LeanStep computes, else why not."""
+    from transformers.models.llama import modeling_llama as llama
+
+    if type(model) is not llama.LlamaForCausalLM or type(model.model) is not llama.LlamaModel:
+        return f"{type(model).__name__} is not transformers' LlamaForCausalLM"
+    config = model.config
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return "the model has biases"
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % 8:
+        return f"head size {head_dim} (the attention kernel takes multiples of 8)"
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        return "not fp32 on the CPU"
+    parts = {llama.LlamaDecoderLayer: 0, llama.LlamaAttention: 0, llama.LlamaMLP: 0, llama.LlamaRMSNorm: 0}
+    for layer in model.model.layers:
+        for module in (layer, layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
+            if type(module) not in parts:
+                return f"{type(module).__name__} in a decoder layer"
+    if type(model.model.norm) is not llama.LlamaRMSNorm:
+        return f"{type(model.model.norm).__name__} as the final norm"
+    return None
