@@ -154,6 +154,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         rows["ours_all"].append(time.perf_counter() - started)
         if llm is not None:
             await llamacpp_side(llm, convs, args.new_tokens, rows)
+    decode_steps = "lean" if host.lean_step is not None else "transformers forward"
     await host.aclose()
     best = {k: (max(v) if k.endswith("tps") else min(v)) for k, v in rows.items()}
     sides = ("plain", "ours", "llamacpp") if llm is not None else ("plain", "ours")
@@ -168,6 +169,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "ratio_all_over_one": {side: round(best[f"{side}_all"] / best[f"{side}_one"], 2) for side in sides},
         "single_stream_speedup": {side: round(best[f"{side}_tps"] / best["plain_tps"], 2) for side in sides[1:]},
         "peak_batch": host.peak_batch,
+        "decode_steps": decode_steps,
     }
 
 

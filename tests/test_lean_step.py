@@ -223,3 +223,35 @@ async def test_the_bundled_model_on_blocks_decodes_lean_with_the_same_answers(mo
         assert lean == await host.run(lambda: decode(host, None, prompts, 40))
     finally:
         await host.aclose()
+
+
+def test_lora_layers_give_peft_mixed_batch_bits_and_variants_are_left_to_peft():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]), adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"]))
+    model.add_adapter("dora", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    model.eval()
+    layer = model.get_base_model().model.layers[0]
+    lora_linear, _ = lean_step._peft_layers()
+    q, up = layer.self_attn.q_proj, layer.mlp.up_proj
+    assert type(q) is lora_linear
+    x = torch.randn(4, 1, 64)
+    with torch.inference_mode():
+        for names in (["a"] * 4, ["a", "__base__", "b", "a"], ["__base__"] * 4, ["b", "b", "b", "b"]):
+            groups = lean_step._rows_by_adapter(names)
+            assert lean_step._plain_lora(q, groups)
+            for module in (q, up):  # up_proj has no adapter "b": its rows get the base weights
+                assert torch.equal(lean_step._lora(module, x, groups), module(x, adapter_names=names)), names
+        assert not torch.equal(lean_step._lora(q, x, lean_step._rows_by_adapter(["a"] * 4)), q.base_layer(x))
+    # DoRA is a variant: rows that use it leave the whole layer to peft
+    assert not lean_step._plain_lora(q, lean_step._rows_by_adapter(["a", "dora"]))
+    model.train()
+    assert not lean_step._plain_lora(q, lean_step._rows_by_adapter(["a"]))
