@@ -11,6 +11,7 @@ reference the issue names. `--memory` instead measures peak RSS of the default b
 loaded model, each in a fresh subprocess.
 
     .venv/bin/python bench/generate.py --new-tokens 100 --concurrent 8 --repeats 2
+    .venv/bin/python bench/generate.py --new-tokens 100 --concurrent 8 --repeats 2 --student   # with a LoRA adapter
     .venv/bin/python bench/generate.py --memory
     .venv/bin/python bench/generate.py --llamacpp   # needs llama-cpp-python: see bench/README.md
 """
@@ -117,12 +118,19 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
     host = LocalModelHost(model_dir, device="cpu", dtype=args.dtype, max_batch=args.concurrent, batch_window=0.005,
                           gguf=str(bundled_gguf_path()), kernel_dir=REPO / ".cache" / "kernels")
     spec = ModelSpec(name="smol", backend="local", path=model_dir, device="cpu")
-    backend = LocalBackend(spec, host)
     await host.ensure_loaded()
     # plain is the fp32 model as transformers loads it (our host may serve from the GGUF blocks)
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), host.tokenizer
+    adapter_dir = tempfile.TemporaryDirectory() if args.student else None
+    if adapter_dir is not None:  # both sides serve the student: the base model and a LoRA adapter
+        from peft import PeftModel
+
+        adapter = student_adapter(model_dir, Path(adapter_dir.name))
+        model = PeftModel.from_pretrained(model, str(adapter)).eval()
+        await host.set_adapter("student", adapter)
+    backend = LocalBackend(spec, host, "student" if args.student else None)
     params = GenParams(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.1)
     convs = asks(args.concurrent)
     # warm both paths first: the host's first request also pays one-off imports (peft), ~0.3 s
@@ -156,6 +164,8 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
             await llamacpp_side(llm, convs, args.new_tokens, rows)
     decode_steps = "lean" if host.lean_step is not None else "transformers forward"
     await host.aclose()
+    if adapter_dir is not None:
+        adapter_dir.cleanup()
     best = {k: (max(v) if k.endswith("tps") else min(v)) for k, v in rows.items()}
     sides = ("plain", "ours", "llamacpp") if llm is not None else ("plain", "ours")
     return {
@@ -168,9 +178,29 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "all": {k: [round(x, 3) for x in v] for k, v in rows.items()},
         "ratio_all_over_one": {side: round(best[f"{side}_all"] / best[f"{side}_one"], 2) for side in sides},
         "single_stream_speedup": {side: round(best[f"{side}_tps"] / best["plain_tps"], 2) for side in sides[1:]},
+        "student_adapter": "LoRA r=16 on every linear layer (as training makes it)" if args.student else None,
         "peak_batch": host.peak_batch,
         "decode_steps": decode_steps,
     }
+
+
+def student_adapter(model_dir: str, out: Path) -> Path:
+    """A random LoRA adapter shaped as the nightly training makes one (rank 16, alpha 32, every
+    linear layer but the head), with non-zero B so it changes the answers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.01, generator=g)
+    model.save_pretrained(out)
+    return out
 
 
 MEMORY_PLAIN = """
@@ -225,6 +255,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="gguf", choices=["gguf", "float32", "bfloat16"],
                         help="our host's weights (plain stays fp32): gguf, the bot's CPU default, multiplies by the file's blocks")
+    parser.add_argument("--student", action="store_true",
+                        help="serve the student on both sides: the model with a LoRA adapter as training makes it")
     parser.add_argument("--memory", action="store_true", help="measure peak RSS instead")
     parser.add_argument("--llamacpp", action="store_true", help="also run llama.cpp (llama-cpp-python) on the same GGUF")
     parser.add_argument("--json", type=Path, help="also write the result here")
