@@ -70,6 +70,8 @@ class BlockLinear(nn.Linear):
         self.in_features, self.out_features = blocks.in_features, blocks.out_features
         self.blocks = blocks
         self._lib = lib
+        # where the blocks live (they never move): a decode step calls the kernels 211 times
+        self._pointers = (blocks.q.data_ptr(), blocks.d.data_ptr(), None if blocks.m is None else blocks.m.data_ptr())
         # peft reads the base layer's weight for its dtype and device only
         self.weight = nn.Parameter(torch.empty(0, dtype=like.dtype, device=like.device), requires_grad=False)
         self.register_parameter("bias", None)
@@ -99,14 +101,19 @@ class BlockLinear(nn.Linear):
         out = out.view(*x.shape[:-1], self.out_features)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` for what a lean decode step hands it (contiguous fp32 [..., in_features]), without its checks."""
+        out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32)
+        self._product(x.data_ptr(), x.numel() // self.in_features, out.data_ptr())
+        return out
+
     def _product(self, x: int, rows: int, out: int) -> None:
         """out[rows, out_features] = x[rows, in_features] @ weight.T, by the kernels (pointers as ints)."""
-        b = self.blocks
-        if b.kind == "Q4_1":
-            assert b.m is not None
-            self._lib.q4_1_mm(x, rows, b.in_features, b.q.data_ptr(), b.d.data_ptr(), b.m.data_ptr(), b.out_features, out)
+        q, d, m = self._pointers
+        if m is not None:
+            self._lib.q4_1_mm(x, rows, self.in_features, q, d, m, self.out_features, out)
         else:
-            self._lib.q8_0_mm(x, rows, b.in_features, b.q.data_ptr(), b.d.data_ptr(), b.out_features, out)
+            self._lib.q8_0_mm(x, rows, self.in_features, q, d, self.out_features, out)
 
 
 def read_blocks(gguf: Path | str) -> tuple[str, dict[str, Blocks]]:

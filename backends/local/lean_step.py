@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from backends.local.gguf_weights import BlockLinear
+
 log = logging.getLogger(__name__)
 
 OFF_SWITCH = "CLASSROOM_LEAN_STEP"
@@ -88,12 +90,14 @@ class LeanStep:
         inner = base.model
         if adapter_names is None:
             def linear(module: Any, x: torch.Tensor) -> torch.Tensor:
-                return module(x)
+                return module.decode(x) if type(module) is BlockLinear and x.is_contiguous() else module(x)
         else:
             lora_linear, tuned = _peft_layers()
             groups = _rows_by_adapter(adapter_names)
 
             def linear(module: Any, x: torch.Tensor) -> torch.Tensor:
+                if type(module) is BlockLinear and x.is_contiguous():
+                    return module.decode(x)
                 if type(module) is lora_linear and _plain_lora(module, groups):
                     return _lora(module, x, groups)
                 # what peft's mixed-batch forward hooks hand these layers, without hooking ~200 modules a step
@@ -192,7 +196,8 @@ def _lora(module: Any, x: torch.Tensor, groups: list[tuple[str, torch.Tensor | N
     """A LoRA linear layer on a batch whose rows name their adapters: peft's mixed-batch forward,
     op for op (the same bits), without its per-call bookkeeping (a decode step calls ~200 of them;
     peft took 55.7 ms for a one-row step of the bundled model with an all-linear adapter)."""
-    result = module.base_layer(x)
+    base = module.base_layer
+    result = base.decode(x) if type(base) is BlockLinear and x.is_contiguous() else base(x)
     for name, rows in groups:
         lora_a = module.lora_A[name] if name in module.lora_A else None
         if lora_a is None:
