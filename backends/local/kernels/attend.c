@@ -57,9 +57,19 @@ static inline __m256 hsum8x8(const __m256 a[8]) {
     return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
-/* s[t] = q . k[t] * scale for t in 0..T, eight tokens at a time (one accumulator each). */
-static void scores(const float *q, const float *k, int64_t k_tok, int64_t T, int64_t DV, float scale, float *s) {
+static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* s[t] = q . k[t] * scale + bias[t] for t in 0..T (bias: 0, or -inf for a masked token), eight
+   tokens at a time (one accumulator each); returns the largest. */
+static inline __attribute__((always_inline)) float scores(const float *q, const float *k, int64_t k_tok, int64_t T, int64_t DV, float scale,
+                    const float *bias, float *s) {
     const __m256 sv = _mm256_set1_ps(scale);
+    __m256 top = _mm256_set1_ps(-INFINITY);
     int64_t t = 0;
     for (; t + 8 <= T; t += 8) {
         __m256 acc[8];
@@ -68,17 +78,22 @@ static void scores(const float *q, const float *k, int64_t k_tok, int64_t T, int
             __m256 qv = _mm256_loadu_ps(q + 8 * i);
             for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (t + j) * k_tok + 8 * i), acc[j]);
         }
-        _mm256_storeu_ps(s + t, _mm256_mul_ps(hsum8x8(acc), sv));
+        __m256 x = _mm256_add_ps(_mm256_mul_ps(hsum8x8(acc), sv), _mm256_loadu_ps(bias + t));
+        _mm256_storeu_ps(s + t, x);
+        top = _mm256_max_ps(top, x);
     }
+    float best = hmax8(top);
     for (; t < T; t++) {
         __m256 acc = _mm256_setzero_ps();
         for (int64_t i = 0; i < DV; i++) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * i), _mm256_loadu_ps(k + t * k_tok + 8 * i), acc);
-        s[t] = hsum8(acc) * scale;
+        s[t] = hsum8(acc) * scale + bias[t];
+        if (s[t] > best) best = s[t];
     }
+    return best;
 }
 
 /* out[0..8*DV] = sum_t p[t] v[t] / total, 64 dimensions (eight vectors) at a time. */
-static void weighted(const float *p, const float *v, int64_t v_tok, int64_t T, int64_t DV, float inv, float *out) {
+static inline __attribute__((always_inline)) void weighted(const float *p, const float *v, int64_t v_tok, int64_t T, int64_t DV, float inv, float *out) {
     const __m256 iv = _mm256_set1_ps(inv);
     for (int64_t c = 0; c < DV; c += 8) {
         const float *vc = v + 8 * c;
@@ -102,6 +117,35 @@ static void weighted(const float *p, const float *v, int64_t v_tok, int64_t T, i
     }
 }
 
+/* One query head of one row: scores, softmax, weighted values into out[0..8*DV]. Inlined with DV a
+   constant for the usual head sizes (64 and 128), so the loops over dimensions unroll. */
+static inline __attribute__((always_inline)) void head(const float *q, const float *k, const float *v, int64_t k_tok,
+                                                       int64_t v_tok, int64_t T, int64_t DV, float scale,
+                                                       const float *bias, float *s, float *out) {
+    float best = scores(q, k, k_tok, T, DV, scale, bias, s);
+    /* a row with every token masked cannot happen in a batch (its own token is always
+       there); it gets zeros rather than NaNs all the same */
+    float total = 0;
+    if (best == -INFINITY) {
+        for (int64_t t = 0; t < T; t++) s[t] = 0;
+    } else {
+        __m256 bv = _mm256_set1_ps(best), sum = _mm256_setzero_ps();
+        int64_t t = 0;
+        for (; t + 8 <= T; t += 8) {
+            __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + t), bv));
+            _mm256_storeu_ps(s + t, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        total = hsum8(sum);
+        for (; t < T; t++) {
+            float e = s[t] == -INFINITY ? 0.0f : expf(s[t] - best);
+            s[t] = e;
+            total += e;
+        }
+    }
+    weighted(s, v, v_tok, T, DV, total > 0 ? 1.0f / total : 0.0f, out);
+}
+
 /* out[r, 0, h * D + j] = sum_t softmax_t(q[r, h] . k[r, h / G, t] * scale) v[r, h / G, t, j], over
    the tokens t of row r whose mask is non-zero. q is [rows, H, D] contiguous, mask [rows, T]
    (int64, as the attention mask the batch keeps), k and v [rows, KV, T, D] with the given element
@@ -111,46 +155,22 @@ int attend_decode(const float *q, int64_t rows, int64_t H, int64_t KV, int64_t D
                   int64_t k_row, int64_t k_head, int64_t k_tok, int64_t v_row, int64_t v_head, int64_t v_tok,
                   int64_t T, const int64_t *mask, float scale, float *out) {
     if (D % 8 || KV < 1 || H % KV || T < 1) return 0;
-    if (T > score_cap) {
+    if (2 * T > score_cap) {
         free(score_buf);
-        score_buf = malloc((size_t)T * sizeof(float));
-        score_cap = score_buf ? T : 0;
+        score_buf = malloc((size_t)(2 * T) * sizeof(float));
+        score_cap = score_buf ? 2 * T : 0;
         if (!score_buf) return 0;
     }
     const int64_t G = H / KV, DV = D / 8;
-    float *s = score_buf;
+    float *s = score_buf, *bias = score_buf + T;
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t *mr = mask + r * T;
+        for (int64_t t = 0; t < T; t++) bias[t] = mask[r * T + t] ? 0.0f : -INFINITY;
         for (int64_t h = 0; h < H; h++) {
             const int64_t g = h / G;
             const float *kg = k + r * k_row + g * k_head, *vg = v + r * v_row + g * v_head;
-            scores(q + (r * H + h) * D, kg, k_tok, T, DV, scale, s);
-            float best = -INFINITY;
-            for (int64_t t = 0; t < T; t++) {
-                if (!mr[t]) s[t] = -INFINITY;
-                else if (s[t] > best) best = s[t];
-            }
-            /* a row with every token masked cannot happen in a batch (its own token is always
-               there); it gets zeros rather than NaNs all the same */
-            float total = 0;
-            if (best == -INFINITY) {
-                for (int64_t t = 0; t < T; t++) s[t] = 0;
-            } else {
-                __m256 bv = _mm256_set1_ps(best), sum = _mm256_setzero_ps();
-                int64_t t = 0;
-                for (; t + 8 <= T; t += 8) {
-                    __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + t), bv));
-                    _mm256_storeu_ps(s + t, e);
-                    sum = _mm256_add_ps(sum, e);
-                }
-                total = hsum8(sum);
-                for (; t < T; t++) {
-                    float e = s[t] == -INFINITY ? 0.0f : expf(s[t] - best);
-                    s[t] = e;
-                    total += e;
-                }
-            }
-            weighted(s, vg, v_tok, T, DV, total > 0 ? 1.0f / total : 0.0f, out + (r * H + h) * D);
+            if (DV == 8) head(q + (r * H + h) * D, kg, vg, k_tok, v_tok, T, 8, scale, bias, s, out + (r * H + h) * D);
+            else if (DV == 16) head(q + (r * H + h) * D, kg, vg, k_tok, v_tok, T, 16, scale, bias, s, out + (r * H + h) * D);
+            else head(q + (r * H + h) * D, kg, vg, k_tok, v_tok, T, DV, scale, bias, s, out + (r * H + h) * D);
         }
     }
     return 1;
