@@ -49,102 +49,143 @@ static inline __m256 exp_nonpositive(__m256 x) {
 static __thread float *score_buf;
 static __thread int64_t score_cap;
 
-/* The sums of eight vectors, as one vector: lane j holds the sum of a[j]'s lanes. */
-static inline __m256 hsum8x8(const __m256 a[8]) {
-    __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
-    __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
-    __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
-    return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+/* The sums of four vectors: lane j holds the sum of a[j]'s lanes. */
+static inline __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-static inline float hmax8(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
+/* The heads of a group share their keys and values (grouped-query attention), so GB of them
+   (up to 3: the accumulators must fit AVX2's 16 registers) go through the cache together and
+   each key and value vector is loaded once for all of them. A row's work, for the heads
+   h0..h0+GB of kv head g:
 
-/* s[t] = q . k[t] * scale + bias[t] for t in 0..T (bias: 0, or -inf for a masked token), eight
-   tokens at a time (one accumulator each); returns the largest. */
-static inline __attribute__((always_inline)) float scores(const float *q, const float *k, int64_t k_tok, int64_t T, int64_t DV, float scale,
-                    const float *bias, float *s) {
-    const __m256 sv = _mm256_set1_ps(scale);
-    __m256 top = _mm256_set1_ps(-INFINITY);
+   scores: s[h][t] = q[h] . k[t] * scale + bias[t] (bias 0, or -inf for a masked token), four
+   tokens at a time; best[h] = the largest. */
+static inline __attribute__((always_inline)) void scores(const float *q, int64_t D, int GB, const float *k, int64_t k_tok,
+                                                         int64_t T, int64_t DV, float scale, const float *bias, float *s,
+                                                         float *best) {
+    const __m128 sv = _mm_set1_ps(scale);
+    __m128 top[3];
+    for (int h = 0; h < GB; h++) top[h] = _mm_set1_ps(-INFINITY);
     int64_t t = 0;
-    for (; t + 8 <= T; t += 8) {
-        __m256 acc[8];
-        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    for (; t + 4 <= T; t += 4) {
+        __m256 acc[3][4];
+        for (int h = 0; h < GB; h++)
+            for (int j = 0; j < 4; j++) acc[h][j] = _mm256_setzero_ps();
+        const float *k0 = k + t * k_tok;
         for (int64_t i = 0; i < DV; i++) {
-            __m256 qv = _mm256_loadu_ps(q + 8 * i);
-            for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (t + j) * k_tok + 8 * i), acc[j]);
-        }
-        __m256 x = _mm256_add_ps(_mm256_mul_ps(hsum8x8(acc), sv), _mm256_loadu_ps(bias + t));
-        _mm256_storeu_ps(s + t, x);
-        top = _mm256_max_ps(top, x);
-    }
-    float best = hmax8(top);
-    for (; t < T; t++) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < DV; i++) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * i), _mm256_loadu_ps(k + t * k_tok + 8 * i), acc);
-        s[t] = hsum8(acc) * scale + bias[t];
-        if (s[t] > best) best = s[t];
-    }
-    return best;
-}
-
-/* out[0..8*DV] = sum_t p[t] v[t] / total, 64 dimensions (eight vectors) at a time. */
-static inline __attribute__((always_inline)) void weighted(const float *p, const float *v, int64_t v_tok, int64_t T, int64_t DV, float inv, float *out) {
-    const __m256 iv = _mm256_set1_ps(inv);
-    for (int64_t c = 0; c < DV; c += 8) {
-        const float *vc = v + 8 * c;
-        if (DV - c >= 8) {
-            __m256 acc[8];
-            for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
-            for (int64_t t = 0; t < T; t++) {
-                if (p[t] == 0.0f) continue;
-                __m256 pt = _mm256_set1_ps(p[t]);
-                for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vc + t * v_tok + 8 * i), acc[i]);
-            }
-            for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + 8 * (c + i), _mm256_mul_ps(acc[i], iv));
-        } else {
-            for (int64_t i = 0; i < DV - c; i++) {
-                __m256 acc = _mm256_setzero_ps();
-                for (int64_t t = 0; t < T; t++)
-                    if (p[t] != 0.0f) acc = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), _mm256_loadu_ps(vc + t * v_tok + 8 * i), acc);
-                _mm256_storeu_ps(out + 8 * (c + i), _mm256_mul_ps(acc, iv));
+            __m256 kv[4];
+            for (int j = 0; j < 4; j++) kv[j] = _mm256_loadu_ps(k0 + j * k_tok + 8 * i);
+            for (int h = 0; h < GB; h++) {
+                __m256 qv = _mm256_loadu_ps(q + h * D + 8 * i);
+                for (int j = 0; j < 4; j++) acc[h][j] = _mm256_fmadd_ps(qv, kv[j], acc[h][j]);
             }
         }
+        __m128 b = _mm_loadu_ps(bias + t);
+        for (int h = 0; h < GB; h++) {
+            __m128 x = _mm_add_ps(_mm_mul_ps(hsum4x8(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), sv), b);
+            _mm_storeu_ps(s + h * T + t, x);
+            top[h] = _mm_max_ps(top[h], x);
+        }
     }
+    for (int h = 0; h < GB; h++) {
+        __m128 m = _mm_max_ps(top[h], _mm_movehl_ps(top[h], top[h]));
+        best[h] = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    }
+    for (; t < T; t++)
+        for (int h = 0; h < GB; h++) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t i = 0; i < DV; i++)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * D + 8 * i), _mm256_loadu_ps(k + t * k_tok + 8 * i), acc);
+            float x = hsum8(acc) * scale + bias[t];
+            s[h * T + t] = x;
+            if (x > best[h]) best[h] = x;
+        }
 }
 
-/* One query head of one row: scores, softmax, weighted values into out[0..8*DV]. Inlined with DV a
-   constant for the usual head sizes (64 and 128), so the loops over dimensions unroll. */
-static inline __attribute__((always_inline)) void head(const float *q, const float *k, const float *v, int64_t k_tok,
-                                                       int64_t v_tok, int64_t T, int64_t DV, float scale,
-                                                       const float *bias, float *s, float *out) {
-    float best = scores(q, k, k_tok, T, DV, scale, bias, s);
-    /* a row with every token masked cannot happen in a batch (its own token is always
-       there); it gets zeros rather than NaNs all the same */
-    float total = 0;
-    if (best == -INFINITY) {
-        for (int64_t t = 0; t < T; t++) s[t] = 0;
-    } else {
-        __m256 bv = _mm256_set1_ps(best), sum = _mm256_setzero_ps();
+/* softmax in place: s[h][t] = e^(s[h][t] - best[h]); returns the sums in total[h] (0 when the row
+   has no unmasked token: a row's own token is always there in a batch, but it gets zeros rather
+   than NaNs all the same). */
+static inline __attribute__((always_inline)) void softmax(int GB, int64_t T, const float *best, float *s, float *total) {
+    for (int h = 0; h < GB; h++) {
+        float *sh = s + h * T;
+        total[h] = 0;
+        if (best[h] == -INFINITY) {
+            for (int64_t t = 0; t < T; t++) sh[t] = 0;
+            continue;
+        }
+        __m256 bv = _mm256_set1_ps(best[h]), sum = _mm256_setzero_ps();
         int64_t t = 0;
         for (; t + 8 <= T; t += 8) {
-            __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + t), bv));
-            _mm256_storeu_ps(s + t, e);
+            __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(sh + t), bv));
+            _mm256_storeu_ps(sh + t, e);
             sum = _mm256_add_ps(sum, e);
         }
-        total = hsum8(sum);
+        total[h] = hsum8(sum);
         for (; t < T; t++) {
-            float e = s[t] == -INFINITY ? 0.0f : expf(s[t] - best);
-            s[t] = e;
-            total += e;
+            float e = sh[t] == -INFINITY ? 0.0f : expf(sh[t] - best[h]);
+            sh[t] = e;
+            total[h] += e;
         }
     }
-    weighted(s, v, v_tok, T, DV, total > 0 ? 1.0f / total : 0.0f, out);
 }
+
+/* out[h][0..8*DV] = sum_t p[h][t] v[t] / total[h], four vectors (32 dimensions) at a time:
+   3 heads x 4 accumulators and 3 weights fill the 16 registers. */
+static inline __attribute__((always_inline)) void weighted(const float *p, int GB, const float *v, int64_t v_tok, int64_t T,
+                                                           int64_t DV, const float *total, float *out, int64_t D) {
+    for (int64_t c = 0; c < DV; c += 4) {
+        const int64_t w = DV - c < 4 ? DV - c : 4;
+        __m256 acc[3][4];
+        for (int h = 0; h < GB; h++)
+            for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
+        const float *vc = v + 8 * c;
+        for (int64_t t = 0; t < T; t++) {
+            int any = 0;
+            __m256 pt[3];
+            for (int h = 0; h < GB; h++) {
+                any |= p[h * T + t] != 0.0f;
+                pt[h] = _mm256_set1_ps(p[h * T + t]);
+            }
+            if (!any) continue; /* a masked token */
+            const float *vt = vc + t * v_tok;
+            if (w == 4) {
+                for (int i = 0; i < 4; i++) {
+                    __m256 vv = _mm256_loadu_ps(vt + 8 * i);
+                    for (int h = 0; h < GB; h++) acc[h][i] = _mm256_fmadd_ps(pt[h], vv, acc[h][i]);
+                }
+            } else {
+                for (int64_t i = 0; i < w; i++) {
+                    __m256 vv = _mm256_loadu_ps(vt + 8 * i);
+                    for (int h = 0; h < GB; h++) acc[h][i] = _mm256_fmadd_ps(pt[h], vv, acc[h][i]);
+                }
+            }
+        }
+        for (int h = 0; h < GB; h++) {
+            __m256 iv = _mm256_set1_ps(total[h] > 0 ? 1.0f / total[h] : 0.0f);
+            for (int64_t i = 0; i < w; i++) _mm256_storeu_ps(out + h * D + 8 * (c + i), _mm256_mul_ps(acc[h][i], iv));
+        }
+    }
+}
+
+/* GB heads of one row sharing one kv head. Inlined with GB and DV constants for the usual cases
+   (groups of 3, 2 or 1; head sizes 64 and 128), so the loops unroll. */
+static inline __attribute__((always_inline)) void heads(const float *q, int64_t D, int GB, const float *k, const float *v,
+                                                        int64_t k_tok, int64_t v_tok, int64_t T, int64_t DV, float scale,
+                                                        const float *bias, float *s, float *out) {
+    float best[3], total[3];
+    scores(q, D, GB, k, k_tok, T, DV, scale, bias, s, best);
+    softmax(GB, T, best, s, total);
+    weighted(s, GB, v, v_tok, T, DV, total, out, D);
+}
+
+#define HEADS_DV(gb)                                                                                 \
+    do {                                                                                             \
+        if (DV == 8) heads(qh, D, gb, kg, vg, k_tok, v_tok, T, 8, scale, bias, s, oh);               \
+        else if (DV == 16) heads(qh, D, gb, kg, vg, k_tok, v_tok, T, 16, scale, bias, s, oh);        \
+        else heads(qh, D, gb, kg, vg, k_tok, v_tok, T, DV, scale, bias, s, oh);                      \
+    } while (0)
 
 /* out[r, 0, h * D + j] = sum_t softmax_t(q[r, h] . k[r, h / G, t] * scale) v[r, h / G, t, j], over
    the tokens t of row r whose mask is non-zero. q is [rows, H, D] contiguous, mask [rows, T]
@@ -155,22 +196,26 @@ int attend_decode(const float *q, int64_t rows, int64_t H, int64_t KV, int64_t D
                   int64_t k_row, int64_t k_head, int64_t k_tok, int64_t v_row, int64_t v_head, int64_t v_tok,
                   int64_t T, const int64_t *mask, float scale, float *out) {
     if (D % 8 || KV < 1 || H % KV || T < 1) return 0;
-    if (2 * T > score_cap) {
+    if (4 * T > score_cap) {
         free(score_buf);
-        score_buf = malloc((size_t)(2 * T) * sizeof(float));
-        score_cap = score_buf ? 2 * T : 0;
+        score_buf = malloc((size_t)(4 * T) * sizeof(float));
+        score_cap = score_buf ? 4 * T : 0;
         if (!score_buf) return 0;
     }
     const int64_t G = H / KV, DV = D / 8;
-    float *s = score_buf, *bias = score_buf + T;
+    float *s = score_buf, *bias = score_buf + 3 * T;
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t t = 0; t < T; t++) bias[t] = mask[r * T + t] ? 0.0f : -INFINITY;
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t g = h / G;
+        for (int64_t g = 0; g < KV; g++) {
             const float *kg = k + r * k_row + g * k_head, *vg = v + r * v_row + g * v_head;
-            if (DV == 8) head(q + (r * H + h) * D, kg, vg, k_tok, v_tok, T, 8, scale, bias, s, out + (r * H + h) * D);
-            else if (DV == 16) head(q + (r * H + h) * D, kg, vg, k_tok, v_tok, T, 16, scale, bias, s, out + (r * H + h) * D);
-            else head(q + (r * H + h) * D, kg, vg, k_tok, v_tok, T, DV, scale, bias, s, out + (r * H + h) * D);
+            for (int64_t h0 = 0; h0 < G; h0 += 3) {
+                const float *qh = q + (r * H + g * G + h0) * D;
+                float *oh = out + (r * H + g * G + h0) * D;
+                int64_t gb = G - h0 < 3 ? G - h0 : 3;
+                if (gb == 3) HEADS_DV(3);
+                else if (gb == 2) HEADS_DV(2);
+                else HEADS_DV(1);
+            }
         }
     }
     return 1;
