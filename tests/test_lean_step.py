@@ -70,6 +70,23 @@ def test_the_attention_kernel_computes_torchs_attention_over_each_rows_real_toke
     assert torch.equal(step_for(kernels, heads, kv_heads, dim).attend(q, keys, values, mask, 0.3)[0], got[0])
 
 
+def test_attention_shared_out_on_the_pool_gives_the_same_bits_as_one_thread(kernels):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(8, 9, 1, 64, generator=g)
+    keys, values = (torch.randn(8, 3, 150, 64, generator=g) for _ in range(2))
+    mask = torch.ones(8, 150, dtype=torch.long)
+    mask[::3, :40] = 0
+    step = step_for(kernels, 9, 3, 64)
+    try:
+        kernels.qmm_set_threads(1)
+        alone = step.attend(q, keys, values, mask, 0.125)
+        assert kernels.qmm_set_threads(2) == 2
+        for _ in range(20):  # the pool's threads take the (row, kv head) pairs in whatever order they come
+            assert torch.equal(step.attend(q, keys, values, mask, 0.125), alone)
+    finally:
+        kernels.qmm_set_threads(1)
+
+
 def test_a_row_with_every_token_masked_gets_zeros_not_nans(kernels):
     q, kv = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 5, 16)
     out = step_for(kernels, 4, 2, 16).attend(q, kv, kv, torch.zeros(1, 5, dtype=torch.long), 0.25)

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 static inline float hsum8(__m256 v) {
@@ -187,38 +188,64 @@ static inline __attribute__((always_inline)) void heads(const float *q, int64_t 
         else heads(qh, D, gb, kg, vg, k_tok, v_tok, T, DV, scale, bias, s, oh);                      \
     } while (0)
 
-/* out[r, 0, h * D + j] = sum_t softmax_t(q[r, h] . k[r, h / G, t] * scale) v[r, h / G, t, j], over
-   the tokens t of row r whose mask is non-zero. q is [rows, H, D] contiguous, mask [rows, T]
-   (int64, as the attention mask the batch keeps), k and v [rows, KV, T, D] with the given element
-   strides for rows, heads and tokens. D must be a multiple of 8; H a multiple of KV. Returns 0
-   when it cannot (bad shape, no memory) and has written nothing. */
-int attend_decode(const float *q, int64_t rows, int64_t H, int64_t KV, int64_t D, const float *k, const float *v,
-                  int64_t k_row, int64_t k_head, int64_t k_tok, int64_t v_row, int64_t v_head, int64_t v_tok,
-                  int64_t T, const int64_t *mask, float scale, float *out) {
-    if (D % 8 || KV < 1 || H % KV || T < 1) return 0;
+/* qmm.c's thread pool (the same library): fn(ctx, u0, u1) for units u0..u1 of `units`. */
+void qmm_parallel(void (*fn)(const void *ctx, int64_t u0, int64_t u1), const void *ctx, int64_t units, int64_t work);
+
+typedef struct {
+    const float *q, *k, *v;
+    int64_t H, KV, D, k_row, k_head, k_tok, v_row, v_head, v_tok, T;
+    const int64_t *mask;
+    float scale;
+    float *out;
+    _Atomic int failed; /* a thread could not get its buffer */
+} Attention;
+
+/* Units u0..u1 of an attention call: unit u is row u / KV's heads of kv head u % KV. */
+static void attend_units(const void *arg, int64_t u0, int64_t u1) {
+    Attention *a = (Attention *)arg;
+    const int64_t T = a->T, D = a->D, G = a->H / a->KV, DV = D / 8, k_tok = a->k_tok, v_tok = a->v_tok;
+    const float scale = a->scale;
     if (4 * T > score_cap) {
         free(score_buf);
         score_buf = malloc((size_t)(4 * T) * sizeof(float));
         score_cap = score_buf ? 4 * T : 0;
-        if (!score_buf) return 0;
-    }
-    const int64_t G = H / KV, DV = D / 8;
-    float *s = score_buf, *bias = score_buf + 3 * T;
-    for (int64_t r = 0; r < rows; r++) {
-        for (int64_t t = 0; t < T; t++) bias[t] = mask[r * T + t] ? 0.0f : -INFINITY;
-        for (int64_t g = 0; g < KV; g++) {
-            const float *kg = k + r * k_row + g * k_head, *vg = v + r * v_row + g * v_head;
-            for (int64_t h0 = 0; h0 < G; h0 += 3) {
-                const float *qh = q + (r * H + g * G + h0) * D;
-                float *oh = out + (r * H + g * G + h0) * D;
-                int64_t gb = G - h0 < 3 ? G - h0 : 3;
-                if (gb == 3) HEADS_DV(3);
-                else if (gb == 2) HEADS_DV(2);
-                else HEADS_DV(1);
-            }
+        if (!score_buf) {
+            a->failed = 1;
+            return;
         }
     }
-    return 1;
+    float *s = score_buf, *bias = score_buf + 3 * T;
+    int64_t biased = -1; /* the row `bias` holds */
+    for (int64_t u = u0; u < u1; u++) {
+        const int64_t r = u / a->KV, g = u % a->KV;
+        if (r != biased) {
+            for (int64_t t = 0; t < T; t++) bias[t] = a->mask[r * T + t] ? 0.0f : -INFINITY;
+            biased = r;
+        }
+        const float *kg = a->k + r * a->k_row + g * a->k_head, *vg = a->v + r * a->v_row + g * a->v_head;
+        for (int64_t h0 = 0; h0 < G; h0 += 3) {
+            const float *qh = a->q + (r * a->H + g * G + h0) * D;
+            float *oh = a->out + (r * a->H + g * G + h0) * D;
+            int64_t gb = G - h0 < 3 ? G - h0 : 3;
+            if (gb == 3) HEADS_DV(3);
+            else if (gb == 2) HEADS_DV(2);
+            else HEADS_DV(1);
+        }
+    }
+}
+
+/* out[r, 0, h * D + j] = sum_t softmax_t(q[r, h] . k[r, h / G, t] * scale) v[r, h / G, t, j], over
+   the tokens t of row r whose mask is non-zero. q is [rows, H, D] contiguous, mask [rows, T]
+   (int64, as the attention mask the batch keeps), k and v [rows, KV, T, D] with the given element
+   strides for rows, heads and tokens. D must be a multiple of 8; H a multiple of KV. The (row, kv
+   head) pairs are shared out on the kernels' pool. Returns 0 when it cannot (bad shape, no memory). */
+int attend_decode(const float *q, int64_t rows, int64_t H, int64_t KV, int64_t D, const float *k, const float *v,
+                  int64_t k_row, int64_t k_head, int64_t k_tok, int64_t v_row, int64_t v_head, int64_t v_tok,
+                  int64_t T, const int64_t *mask, float scale, float *out) {
+    if (D % 8 || KV < 1 || H % KV || T < 1) return 0;
+    Attention a = {q, k, v, H, KV, D, k_row, k_head, k_tok, v_row, v_head, v_tok, T, mask, scale, out, 0};
+    qmm_parallel(attend_units, &a, rows * KV, 2 * rows * H * T * D);
+    return !a.failed;
 }
 
 /* Rotary position embedding of one decode step, in place: for q [rows, QH, D] and k [rows, KH, D]

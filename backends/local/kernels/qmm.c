@@ -218,15 +218,18 @@ static void tile_any(const float *x, int64_t K, const float *w, int rt, int ct, 
     }
 }
 
-/* One product, split by output columns among the pool's threads. */
+/* One product, split by output columns among the pool's threads; or (kind 2) any work split into
+   N units, computed by fn(ctx, u0, u1) for units u0..u1 (qmm_parallel). */
 typedef struct {
-    int kind; /* 0: Q4_1, 1: Q8_0 */
+    int kind; /* 0: Q4_1, 1: Q8_0, 2: units of fn */
     const float *x;
-    int64_t M, K;
+    int64_t M, K; /* kind 2: M is the whole job's multiply-adds, K unused */
     const void *qs;
     const float *d, *m;
     int64_t N;
     float *out;
+    void (*fn)(const void *ctx, int64_t u0, int64_t u1);
+    const void *ctx;
 } Job;
 
 /* Rows 0..R of `job` (R >= 2) for columns n0..n1, panel by panel. Returns 0 if no buffer. */
@@ -251,6 +254,10 @@ static int panel_columns(const Job *job, int64_t R, int64_t n0, int64_t n1) {
    1.4-1.8 times faster at 37 and 296 rows. Rows are counted in groups of 8 either way, and a last
    group of one row takes the one-row kernel, so a row's result never depends on the path. */
 static void job_columns(const Job *job, int64_t n0, int64_t n1) {
+    if (job->kind == 2) {
+        job->fn(job->ctx, n0, n1);
+        return;
+    }
     const int64_t M = job->M, K = job->K, N = job->N;
     int64_t multi = M % 8 == 1 ? M - 1 : M, r0 = 0;
     if (multi > 8 && panel_columns(job, multi, n0, n1)) r0 = multi;
@@ -390,7 +397,8 @@ static int backoff_len = BACKOFF_MIN;      /* the next stall's backoff */
 static int pool_clean;                     /* pooled products since the last stall or halving */
 
 static void run_job(const Job *job) {
-    if (pool_active == 1 || job->M * job->K * job->N < POOL_MIN_WORK || pthread_mutex_trylock(&pool_busy) != 0) {
+    const int64_t work = job->kind == 2 ? job->M : job->M * job->K * job->N;
+    if (pool_active == 1 || work < POOL_MIN_WORK || pthread_mutex_trylock(&pool_busy) != 0) {
         job_columns(job, 0, job->N);
         return;
     }
@@ -400,8 +408,9 @@ static void run_job(const Job *job) {
         job_columns(job, 0, job->N);
         return;
     }
-    int64_t groups = (job->N + 7) / 8, want = (int64_t)pool_active * CHUNKS_PER_THREAD;
-    pool_chunk = (groups + want - 1) / want * 8;
+    const int64_t align = job->kind == 2 ? 1 : 8; /* products: whole groups of 8 columns */
+    int64_t groups = (job->N + align - 1) / align, want = (int64_t)pool_active * CHUNKS_PER_THREAD;
+    pool_chunk = (groups + want - 1) / want * align;
     pool_chunks = (job->N + pool_chunk - 1) / pool_chunk;
     pool_job = *job;
     atomic_store_explicit(&pool_done, 0, memory_order_relaxed);
@@ -431,12 +440,20 @@ static void run_job(const Job *job) {
 
 /* Entry points: x [M, K] row-major fp32, out [M, N]. */
 void q4_1_mm(const float *x, int64_t M, int64_t K, const uint8_t *qs, const float *d, const float *m, int64_t N, float *out) {
-    Job job = {0, x, M, K, qs, d, m, N, out};
+    Job job = {0, x, M, K, qs, d, m, N, out, NULL, NULL};
     run_job(&job);
 }
 
 void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float *d, int64_t N, float *out) {
-    Job job = {1, x, M, K, qs, d, NULL, N, out};
+    Job job = {1, x, M, K, qs, d, NULL, N, out, NULL, NULL};
+    run_job(&job);
+}
+
+/* Other kernels' work (attend.c's attention) on the same pool: fn(ctx, u0, u1) computes units
+   u0..u1 of `units`, in any order and on any thread; `work` (multiply-adds) decides whether the
+   pool is worth waking. */
+void qmm_parallel(void (*fn)(const void *ctx, int64_t u0, int64_t u1), const void *ctx, int64_t units, int64_t work) {
+    Job job = {2, NULL, work, 0, NULL, NULL, NULL, units, NULL, fn, ctx};
     run_job(&job);
 }
 
