@@ -249,8 +249,8 @@ def test_lora_layers_give_peft_mixed_batch_bits_and_variants_are_left_to_peft():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2))
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]), adapter_name="a")
-    model.add_adapter("b", LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"]))
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]), adapter_name="one")
+    model.add_adapter("two", LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"]))
     model.add_adapter("dora", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
     for name, p in model.named_parameters():
         if "lora_" in name:
@@ -262,13 +262,13 @@ def test_lora_layers_give_peft_mixed_batch_bits_and_variants_are_left_to_peft():
     assert type(q) is lora_linear
     x = torch.randn(4, 1, 64)
     with torch.inference_mode():
-        for names in (["a"] * 4, ["a", "__base__", "b", "a"], ["__base__"] * 4, ["b", "b", "b", "b"]):
+        for names in (["one"] * 4, ["one", "__base__", "two", "one"], ["__base__"] * 4, ["two"] * 4):
             groups = lean_step._rows_by_adapter(names)
             assert lean_step._plain_lora(q, groups)
-            for module in (q, up):  # up_proj has no adapter "b": its rows get the base weights
+            for module in (q, up):  # up_proj has no adapter "two": its rows get the base weights
                 assert torch.equal(lean_step._lora(module, x, groups), module(x, adapter_names=names)), names
-        assert not torch.equal(lean_step._lora(q, x, lean_step._rows_by_adapter(["a"] * 4)), q.base_layer(x))
+        assert not torch.equal(lean_step._lora(q, x, lean_step._rows_by_adapter(["one"] * 4)), q.base_layer(x))
     # DoRA is a variant: rows that use it leave the whole layer to peft
-    assert not lean_step._plain_lora(q, lean_step._rows_by_adapter(["a", "dora"]))
+    assert not lean_step._plain_lora(q, lean_step._rows_by_adapter(["one", "dora"]))
     model.train()
-    assert not lean_step._plain_lora(q, lean_step._rows_by_adapter(["a"]))
+    assert not lean_step._plain_lora(q, lean_step._rows_by_adapter(["one"]))
