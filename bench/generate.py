@@ -187,20 +187,9 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
 def student_adapter(model_dir: str, out: Path) -> Path:
     """A random LoRA adapter shaped as the nightly training makes one (rank 16, alpha 32, every
     linear layer but the head), with non-zero B so it changes the answers."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from tests.tiny import make_lora
 
-    with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
-    model.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.normal_(0.0, 0.01, generator=g)
-    model.save_pretrained(out)
-    return out
+    return make_lora(model_dir, out, std=0.01, r=16, alpha=32, targets="all-linear")
 
 
 MEMORY_PLAIN = """

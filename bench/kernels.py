@@ -34,7 +34,8 @@ LAYERS, HEAD = 30, (49152, 576)
 def build(source: str, out: Path) -> ctypes.CDLL:
     src = out.with_suffix(".c")
     src.write_text(source)
-    subprocess.run(["gcc", *FLAGS, "-o", str(out), str(src)], check=True)
+    # the kernels' headers (simd.h) are this checkout's, whichever revision the source is from
+    subprocess.run(["gcc", *FLAGS, f"-I{REPO / 'backends/local/kernels'}", "-o", str(out), str(src)], check=True)
     lib = ctypes.CDLL(str(out))
     _declare(lib)  # the argument types the app declares
     return lib

@@ -55,11 +55,13 @@ def build_tiny_model(out: Path, *, with_eos: bool = False) -> str:
     return str(out)
 
 
-def make_lora(model_dir: str, out: Path, *, seed: int = 0, std: float = 0.05) -> Path:
+def make_lora(model_dir: str, out: Path, *, seed: int = 0, std: float = 0.05, r: int = 4, alpha: int = 8,
+              targets: str | tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
     """A random LoRA adapter for the model in `model_dir`, built without materialising the base weights."""
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    modules = targets if isinstance(targets, str) else list(targets)  # a str is peft's keyword, as "all-linear"
+    peft_model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=modules))
     peft_model.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     for name, p in peft_model.named_parameters():

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 SOURCES = (Path(__file__).with_name("qmm.c"), Path(__file__).with_name("attend.c"))
+HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources: part of what a build is keyed on
 FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
 _lock = threading.Lock()
 _loaded: dict[Path, ctypes.CDLL] = {}
@@ -44,7 +45,7 @@ def load(cache_dir: Path) -> ctypes.CDLL:
     reason = cpu_supported()
     if reason:
         raise KernelsUnavailable(reason)
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     key = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:12]
     target = Path(cache_dir) / f"qmm-{key}.so"
     with _lock:

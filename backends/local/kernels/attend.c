@@ -15,13 +15,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-static inline float hsum8(__m256 v) {
-    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
+#include "simd.h"
+
 
 /* e^x for x <= 0 (softmax after subtracting the maximum), 8 at a time: x = n ln2 + r with |r| <=
    ln2 / 2, e^r by its Taylor polynomial to r^7 (relative error below 2e-7 on that range, about

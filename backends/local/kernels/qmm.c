@@ -17,13 +17,8 @@
 #include <stdlib.h>
 #include <time.h>
 
-static inline float hsum(__m256 v) {
-    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
+#include "simd.h"
+
 
 /* Block b of a column as fp32, 8 weights a vector in k order, exactly as transformers dequantises
    the file. Every path (the row kernels, the panels, whole-weight dequantising) rebuilds weights
@@ -82,7 +77,7 @@ static inline __attribute__((always_inline)) void q8_0_block(const int8_t *q, fl
 #define STORE_ROW()                                                                                   \
     do {                                                                                              \
         if (R == 1) acc[0] = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])); \
-        for (int r = 0; r < R; r++) out[r * N + n] = hsum(acc[r]);                                    \
+        for (int r = 0; r < R; r++) out[r * N + n] = hsum8(acc[r]);                                    \
     } while (0)
 
 /* Ask for the blocks of column n + PREFETCH_COLUMNS while column n is computed. A column's blocks
@@ -206,7 +201,7 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t K
         }
     }
     for (int r = 0; r < RT; r++)
-        for (int c = 0; c < CT; c++) out[r * N + c] = hsum(acc[r][c]);
+        for (int c = 0; c < CT; c++) out[r * N + c] = hsum8(acc[r][c]);
 }
 
 #define TILE_CASE(rt, ct) case (rt) * 8 + (ct): tile(x, K, w, rt, ct, out, N); break;
