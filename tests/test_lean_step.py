@@ -242,7 +242,7 @@ async def test_the_bundled_model_on_blocks_decodes_lean_with_the_same_answers(mo
         await host.aclose()
 
 
-def test_lora_layers_give_peft_mixed_batch_bits_and_variants_are_left_to_peft():
+def test_lora_layers_give_peft_mixed_batch_results_and_variants_are_left_to_peft(kernels):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -266,8 +266,12 @@ def test_lora_layers_give_peft_mixed_batch_bits_and_variants_are_left_to_peft():
             groups = lean_step._rows_by_adapter(names)
             assert lean_step._plain_lora(q, groups)
             for module in (q, up):  # up_proj has no adapter "two": its rows get the base weights
-                assert torch.equal(lean_step._lora(module, x, groups), module(x, adapter_names=names)), names
+                peft = module(x, adapter_names=names)
+                assert torch.equal(lean_step._lora(module, x, groups), peft), names  # torch ops: peft's bits
+                torch.testing.assert_close(lean_step._lora(module, x, groups, kernels), peft, rtol=1e-5, atol=1e-5)
         assert not torch.equal(lean_step._lora(q, x, lean_step._rows_by_adapter(["one"] * 4)), q.base_layer(x))
+        # the kernel, not a fallback to torch, computed those
+        assert lean_step._lora_in_c(kernels, x, q.lora_A["one"], q.lora_B["one"], q.scaling["one"], None, q.base_layer(x))
     # DoRA is a variant: rows that use it leave the whole layer to peft
     assert not lean_step._plain_lora(q, lean_step._rows_by_adapter(["one", "dora"]))
     model.train()

@@ -99,7 +99,7 @@ class LeanStep:
                 if type(module) is BlockLinear and x.is_contiguous():
                     return module.decode(x)
                 if type(module) is lora_linear and _plain_lora(module, groups):
-                    return _lora(module, x, groups)
+                    return _lora(module, x, groups, self.lib)
                 # what peft's mixed-batch forward hooks hand these layers, without hooking ~200 modules a step
                 return module(x, adapter_names=adapter_names) if isinstance(module, tuned) else module(x)
 
@@ -192,10 +192,13 @@ def _plain_lora(module: Any, groups: list[tuple[str, torch.Tensor | None]]) -> b
     return not (module.lora_variant and any(name in module.lora_variant for name, _ in groups))
 
 
-def _lora(module: Any, x: torch.Tensor, groups: list[tuple[str, torch.Tensor | None]]) -> torch.Tensor:
-    """A LoRA linear layer on a batch whose rows name their adapters: peft's mixed-batch forward,
-    op for op (the same bits), without its per-call bookkeeping (a decode step calls ~200 of them;
-    peft took 55.7 ms for a one-row step of the bundled model with an all-linear adapter)."""
+def _lora(module: Any, x: torch.Tensor, groups: list[tuple[str, torch.Tensor | None]], lib: Any = None) -> torch.Tensor:
+    """A LoRA layer on a batch whose rows name their adapters, without peft's per-call bookkeeping.
+
+    With `lib`, each adapter's addition is one C call (kernels/attend.c `lora_add`): peft's two
+    tiny matrix products, multiply and add cost ~30 µs a layer at one row, ~200 layers a step.
+    Without it, or for what the kernel does not take (a bias on B, another dtype), it is peft's
+    mixed-batch forward op for op (the same bits)."""
     base = module.base_layer
     result = base.decode(x) if type(base) is BlockLinear and x.is_contiguous() else base(x)
     for name, rows in groups:
@@ -203,11 +206,27 @@ def _lora(module: Any, x: torch.Tensor, groups: list[tuple[str, torch.Tensor | N
         if lora_a is None:
             continue
         lora_b, scaling = module.lora_B[name], module.scaling[name]
+        if lib is not None and _lora_in_c(lib, x, lora_a, lora_b, scaling, rows, result):
+            continue
         if rows is None:
             result += lora_b(lora_a(x)) * scaling
         else:
             result[rows] += lora_b(lora_a(x[rows])) * scaling
     return result
+
+
+def _lora_in_c(lib: Any, x: torch.Tensor, lora_a: Any, lora_b: Any, scaling: float, rows: torch.Tensor | None,
+               result: torch.Tensor) -> bool:
+    """result[rows] += scaling * B (A x[rows]) by the kernel; False (nothing done) where it does not apply."""
+    a, b = lora_a.weight, lora_b.weight
+    if not (type(lora_a) is torch.nn.Linear and type(lora_b) is torch.nn.Linear and lora_a.bias is None
+            and lora_b.bias is None and a.dtype == b.dtype == x.dtype == result.dtype == torch.float32
+            and a.is_contiguous() and b.is_contiguous() and x.is_contiguous() and result.is_contiguous()):
+        return False
+    k, n = a.shape[1], b.shape[0]
+    return bool(lib.lora_add(x.data_ptr(), x.numel() // k, k, a.data_ptr(), a.shape[0], b.data_ptr(), n, scaling,
+                             None if rows is None else rows.data_ptr(), 0 if rows is None else rows.numel(),
+                             result.data_ptr()))
 
 
 def _cache_of(output: Any) -> Any:

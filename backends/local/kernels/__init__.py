@@ -91,3 +91,5 @@ def _declare(lib: ctypes.CDLL) -> None:
         lib.attend_decode.restype = ctypes.c_int
         lib.rope_decode.argtypes = [p, i, p, i, i, i, p, p]
         lib.rope_decode.restype = ctypes.c_int
+        lib.lora_add.argtypes = [p, i, i, p, i, p, i, ctypes.c_float, p, i, p]
+        lib.lora_add.restype = ctypes.c_int

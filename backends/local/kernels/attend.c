@@ -281,3 +281,44 @@ int rope_decode(float *q, int64_t qh, float *k, int64_t kh, int64_t rows, int64_
     rope_rows(k, rows, kh, D, cos, sin);
     return 1;
 }
+
+/* A LoRA layer's addition for the rows of one adapter, in place: out[i] += scale * B (A x[i]) for
+   each row i in rows[0..n] (all M rows of x when rows is NULL), with A [r, K] and B [N, r] fp32
+   row-major, x [M, K] and out [M, N] contiguous, K a multiple of 8, r at most 256. peft computes
+   the same with two tiny matrix products, a multiply and an add: about 30 us a layer at a decode
+   step's one row, for some 20,000 multiply-adds. Returns 0 (and changes nothing) on a shape or a
+   row it does not take. */
+int lora_add(const float *x, int64_t M, int64_t K, const float *A, int64_t r, const float *B, int64_t N, float scale,
+             const int64_t *rows, int64_t n, float *out) {
+    if (K % 8 || r < 1 || r > 256) return 0;
+    const int64_t count = rows ? n : M;
+    for (int64_t j = 0; rows && j < n; j++)
+        if (rows[j] < 0 || rows[j] >= M) return 0;
+    float h[256];
+    for (int64_t j = 0; j < count; j++) {
+        const int64_t i = rows ? rows[j] : j;
+        const float *xi = x + i * K;
+        for (int64_t a = 0; a < r; a++) {
+            const float *Aa = A + a * K;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            int64_t k = 0;
+            for (; k + 16 <= K; k += 16) {
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(Aa + k), _mm256_loadu_ps(xi + k), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(Aa + k + 8), _mm256_loadu_ps(xi + k + 8), acc1);
+            }
+            if (k < K) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(Aa + k), _mm256_loadu_ps(xi + k), acc0);
+            h[a] = hsum8(_mm256_add_ps(acc0, acc1)) * scale;
+        }
+        float *oi = out + i * N;
+        for (int64_t o = 0; o < N; o++) {
+            const float *Bo = B + o * r;
+            __m256 acc = _mm256_setzero_ps();
+            int64_t a = 0;
+            for (; a + 8 <= r; a += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(Bo + a), _mm256_loadu_ps(h + a), acc);
+            float sum = hsum8(acc);
+            for (; a < r; a++) sum += Bo[a] * h[a];
+            oi[o] += sum;
+        }
+    }
+    return 1;
+}
