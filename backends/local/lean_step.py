@@ -1,16 +1,19 @@
 """One decode step of a llama-architecture model, without transformers' per-layer machinery.
 
 A decode step computes one new token for each row of a batch. At the bundled 135M model's size
-transformers' forward spends as long around the arithmetic as in it: a one-row step took 29 ms,
-of which 9 ms were the 211 matrix products and the rest module calls, mask building, some
+transformers' forward spends as long around the arithmetic as in it: a one-row step took 25–29 ms,
+of which 10–12 ms were the 211 matrix products and the rest module calls, mask building, some
 3,000 small torch ops and attention at 30–200 µs a call (bench/README.md, session 13).
 `LeanStep` runs the same layers itself:
 
-- every linear layer is the model's own module, called as transformers calls it, so GGUF block
-  layers and peft's LoRA layers work unchanged (LoRA gets the batch's per-row adapter names);
+- every linear layer is the model's own: GGUF block layers are called directly, and a peft LoRA
+  layer's base layer too, its adapters' terms added for the rows that name them (kernels/attend.c
+  `lora_add`; peft's per-call bookkeeping hooked ~200 layers a step); LoRA kinds other than plain
+  (DoRA and the like) are peft's own module calls, with the batch's per-row adapter names;
 - norms are the same torch ops transformers runs, and rotary embeddings one C call a layer that
   rounds as those ops do: the same bits;
-- attention is one C call a layer (kernels/attend.c) instead of torch's scaled_dot_product_attention.
+- attention is one C call a layer (kernels/attend.c) instead of torch's scaled_dot_product_attention,
+  its (row, kv head) pairs shared out on the kernels' thread pool.
 
 Prefill stays with transformers. A step reads and extends the batch's KV cache through
 `cache.update`, as transformers does, so the two may take turns on one cache.
