@@ -48,7 +48,8 @@ def _rms(norm: Any, h: torch.Tensor) -> torch.Tensor:
 
 
 class LeanStep:
-    """Decode steps of one llama-architecture model, with the attention kernel of `lib`."""
+    """Decode steps of one llama-architecture model, with the C kernels of `lib` (attention, rotary
+    embeddings, LoRA terms)."""
 
     def __init__(self, lib: ctypes.CDLL, config: Any):
         self.lib = lib
@@ -68,14 +69,14 @@ class LeanStep:
             from backends.local.kernels import KernelsUnavailable, load
 
             try:
-                step: LeanStep | None = cls(load(kernel_dir), model.config)
+                lib = load(kernel_dir)
             except KernelsUnavailable as e:
                 reason = f"no attention kernel: {e}"
             else:
-                assert step is not None
+                step = cls(lib, model.config)
                 reason = step.disagreement(model)
                 if reason is None:
-                    step.steps = 0
+                    step.steps = 0  # the check's step is not one served
                     return step
         log.info("decode steps run through transformers' forward: %s", reason)
         return None
