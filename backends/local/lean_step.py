@@ -7,12 +7,12 @@ of which 10–12 ms were the 211 matrix products and the rest module calls, mask
 `LeanStep` runs the same layers itself:
 
 - every linear layer is the model's own: GGUF block layers are called directly, and a peft LoRA
-  layer's base layer too, its adapters' terms added for the rows that name them (kernels/attend.c
+  layer's base layer too, its adapters' terms added for the rows that name them (kernels/decode.c
   `lora_add`; peft's per-call bookkeeping hooked ~200 layers a step); LoRA kinds other than plain
   (DoRA and the like) are peft's own module calls, with the batch's per-row adapter names;
 - norms are the same torch ops transformers runs, and rotary embeddings one C call a layer that
   rounds as those ops do: the same bits;
-- attention is one C call a layer (kernels/attend.c) instead of torch's scaled_dot_product_attention,
+- attention is one C call a layer (kernels/decode.c) instead of torch's scaled_dot_product_attention,
   its (row, kv head) pairs shared out on the kernels' thread pool.
 
 Prefill stays with transformers. A step reads and extends the batch's KV cache through
@@ -199,7 +199,7 @@ def _plain_lora(module: Any, groups: list[tuple[str, torch.Tensor | None]]) -> b
 def _lora(module: Any, x: torch.Tensor, groups: list[tuple[str, torch.Tensor | None]], lib: Any = None) -> torch.Tensor:
     """A LoRA layer on a batch whose rows name their adapters, without peft's per-call bookkeeping.
 
-    With `lib`, each adapter's addition is one C call (kernels/attend.c `lora_add`): peft's two
+    With `lib`, each adapter's addition is one C call (kernels/decode.c `lora_add`): peft's two
     tiny matrix products, multiply and add cost ~30 µs a layer at one row, ~200 layers a step.
     Without it, or for what the kernel does not take (a bias on B, another dtype), it is peft's
     mixed-batch forward op for op (the same bits)."""

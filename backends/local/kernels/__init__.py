@@ -1,5 +1,6 @@
-"""The CPU kernels: GGUF block products (qmm.c) and decode-step attention (attend.c), built once
-into one library with the machine's C compiler and loaded with ctypes.
+"""The CPU kernels: GGUF block products (qmm.c) and the lean decode step's attention, rotary
+embeddings and LoRA terms (decode.c), built once into one library with the machine's C compiler
+and loaded with ctypes.
 
 `load()` returns the library, or raises KernelsUnavailable with the reason (not x86-64, no AVX2
 or FMA, no compiler, a failed build); callers then keep fp32 weights.
@@ -17,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCES = (Path(__file__).with_name("qmm.c"), Path(__file__).with_name("attend.c"))
+SOURCES = (Path(__file__).with_name("qmm.c"), Path(__file__).with_name("decode.c"))
 HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources: part of what a build is keyed on
 FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
 _lock = threading.Lock()

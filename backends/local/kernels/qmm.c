@@ -19,7 +19,6 @@
 
 #include "simd.h"
 
-
 /* Block b of a column as fp32, 8 weights a vector in k order, exactly as transformers dequantises
    the file. Every path (the row kernels, the panels, whole-weight dequantising) rebuilds weights
    with these two, so they all hold the same bits. */
@@ -444,7 +443,7 @@ void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float
     run_job(&job);
 }
 
-/* Other kernels' work (attend.c's attention) on the same pool: fn(ctx, u0, u1) computes units
+/* Other kernels' work (decode.c's attention) on the same pool: fn(ctx, u0, u1) computes units
    u0..u1 of `units`, in any order and on any thread; `work` (multiply-adds) decides whether the
    pool is worth waking. */
 void qmm_parallel(void (*fn)(const void *ctx, int64_t u0, int64_t u1), const void *ctx, int64_t units, int64_t work) {

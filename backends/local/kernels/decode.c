@@ -1,6 +1,8 @@
-/* Attention for one decode step (one new query per row), on a CPU with AVX2 and FMA.
+/* The lean decode step's kernels (backends/local/lean_step.py), on a CPU with AVX2 and FMA:
+   attention (attend_decode), rotary embeddings (rope_decode) and LoRA terms (lora_add) for one
+   new token per row.
 
-   torch's scaled_dot_product_attention costs 30 us a call for one row and 200 us for eight at a
+   Attention: torch's scaled_dot_product_attention costs 30 us a call for one row and 200 us for eight at a
    decode step's shapes (9 query heads over 3 key/value heads, 64 dimensions, a few hundred cached
    tokens), almost all of it overhead: the arithmetic is a few microseconds. A step calls it once
    per layer. This computes the same softmax(q k^T * scale) v in fp32, reading the keys and values
@@ -16,7 +18,6 @@
 #include <stdlib.h>
 
 #include "simd.h"
-
 
 /* e^x for x <= 0 (softmax after subtracting the maximum), 8 at a time: x = n ln2 + r with |r| <=
    ln2 / 2, e^r by its Taylor polynomial to r^7 (relative error below 2e-7 on that range, about
