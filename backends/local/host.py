@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from backends.local.batching import Answer, GenRequest
+from backends.local.lean_step import LeanStep
 from backends.local.scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class LocalModelHost(BatchScheduler):
         self.dtype = resolve_dtype(dtype, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{Path(model_dir).name}")
         self._model: Any = None  # a PreTrainedModel, or a PeftModel around it once an adapter is set
-        self._lean: Any = None  # a lean_step.LeanStep for its decode steps, when it can take this model
+        self._lean: LeanStep | None = None  # computes its decode steps, when it can take this model
         self._tokenizer: Any = None
         self._parameter_count: int | None = None
         self._adapters: dict[str, _Adapter] = {}
@@ -138,7 +139,7 @@ class LocalModelHost(BatchScheduler):
         return self._model
 
     @property
-    def lean_step(self) -> Any:
+    def lean_step(self) -> LeanStep | None:
         """The lean_step.LeanStep computing this model's decode steps, or None (transformers' forward does)."""
         return self._lean
 
@@ -256,8 +257,6 @@ class LocalModelHost(BatchScheduler):
         if self.dtype == "gguf":
             self._use_blocks(model)
         if self.device == "cpu":
-            from backends.local.lean_step import LeanStep
-
             self._lean = LeanStep.load(model, self.kernel_dir)
         self._tokenizer = tokenizer
         self._model = model

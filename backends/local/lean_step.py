@@ -144,7 +144,8 @@ class LeanStep:
             *keys.stride()[:3], *values.stride()[:3], tokens, mask.data_ptr(), scaling, out.data_ptr(),
         )
         if not done:
-            raise RuntimeError(f"the attention kernel cannot take {heads} heads over {keys.shape[1]} of {dim} dimensions")
+            raise RuntimeError(f"the attention kernel failed on {heads} heads over {keys.shape[1]} of {dim} dimensions"
+                               f" and {tokens} tokens (a shape it does not take, or no memory for its scores)")
         return out
 
     def disagreement(self, model: Any) -> str | None:
@@ -253,7 +254,7 @@ def unsupported(model: Any) -> str | None:
         return f"head size {head_dim} (the attention kernel takes multiples of 8)"
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
         return "not fp32 on the CPU"
-    parts = {llama.LlamaDecoderLayer: 0, llama.LlamaAttention: 0, llama.LlamaMLP: 0, llama.LlamaRMSNorm: 0}
+    parts = (llama.LlamaDecoderLayer, llama.LlamaAttention, llama.LlamaMLP, llama.LlamaRMSNorm)
     for layer in model.model.layers:
         for module in (layer, layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
             if type(module) not in parts:

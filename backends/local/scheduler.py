@@ -16,6 +16,7 @@ from typing import Any
 
 from backends.local.batching import BASE, Answer, DecodeBatch, GenRequest, Prompt, prefill_groups
 from backends.local.generation import Completion
+from backends.local.lean_step import LeanStep
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class BatchScheduler:
     _adapters: dict[str, Any]
     _model: Any
     _tokenizer: Any
-    _lean: Any
+    _lean: LeanStep | None
 
     def load(self) -> None:  # provided by LocalModelHost
         raise NotImplementedError

@@ -217,13 +217,14 @@ static void tile_any(const float *x, int64_t K, const float *w, int rt, int ct, 
 typedef struct {
     int kind; /* 0: Q4_1, 1: Q8_0, 2: units of fn */
     const float *x;
-    int64_t M, K; /* kind 2: M is the whole job's multiply-adds, K unused */
+    int64_t M, K;
     const void *qs;
     const float *d, *m;
     int64_t N;
     float *out;
     void (*fn)(const void *ctx, int64_t u0, int64_t u1);
     const void *ctx;
+    int64_t work; /* multiply-adds in all: whether the pool is worth waking */
 } Job;
 
 /* Rows 0..R of `job` (R >= 2) for columns n0..n1, panel by panel. Returns 0 if no buffer. */
@@ -391,8 +392,7 @@ static int backoff_len = BACKOFF_MIN;      /* the next stall's backoff */
 static int pool_clean;                     /* pooled products since the last stall or halving */
 
 static void run_job(const Job *job) {
-    const int64_t work = job->kind == 2 ? job->M : job->M * job->K * job->N;
-    if (pool_active == 1 || work < POOL_MIN_WORK || pthread_mutex_trylock(&pool_busy) != 0) {
+    if (pool_active == 1 || job->work < POOL_MIN_WORK || pthread_mutex_trylock(&pool_busy) != 0) {
         job_columns(job, 0, job->N);
         return;
     }
@@ -434,12 +434,12 @@ static void run_job(const Job *job) {
 
 /* Entry points: x [M, K] row-major fp32, out [M, N]. */
 void q4_1_mm(const float *x, int64_t M, int64_t K, const uint8_t *qs, const float *d, const float *m, int64_t N, float *out) {
-    Job job = {0, x, M, K, qs, d, m, N, out, NULL, NULL};
+    Job job = {0, x, M, K, qs, d, m, N, out, NULL, NULL, M * K * N};
     run_job(&job);
 }
 
 void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float *d, int64_t N, float *out) {
-    Job job = {1, x, M, K, qs, d, NULL, N, out, NULL, NULL};
+    Job job = {1, x, M, K, qs, d, NULL, N, out, NULL, NULL, M * K * N};
     run_job(&job);
 }
 
@@ -447,7 +447,7 @@ void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float
    u0..u1 of `units`, in any order and on any thread; `work` (multiply-adds) decides whether the
    pool is worth waking. */
 void qmm_parallel(void (*fn)(const void *ctx, int64_t u0, int64_t u1), const void *ctx, int64_t units, int64_t work) {
-    Job job = {2, NULL, work, 0, NULL, NULL, NULL, units, NULL, fn, ctx};
+    Job job = {2, NULL, 0, 0, NULL, NULL, NULL, units, NULL, fn, ctx, work};
     run_job(&job);
 }
 
