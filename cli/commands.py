@@ -78,7 +78,7 @@ async def cmd_lesson(settings: Settings, args: argparse.Namespace) -> int:
         source_name, source_text = read_source(args.source, settings.lessons.max_source_bytes)
     teachers = args.teacher or [settings.default_teacher]
     students = args.student or [settings.default_student]
-    turns = args.turns or settings.lessons.max_turns
+    turns = args.turns or settings.lessons.turn_limit(grounded=source_text is not None)
     async with open_app(settings) as app:
         for name in teachers + students:
             app.models.spec(name)

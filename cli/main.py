@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", help="a text or markdown file (≤ 1 MB) the teacher teaches from")
     s.add_argument("--teacher", action="append", default=[], help="teacher model (repeat for several)")
     s.add_argument("--student", action="append", default=[], help="student model (repeat for several)")
-    s.add_argument("--turns", type=int, default=None, help="maximum number of turns")
+    s.add_argument("--turns", type=int, default=None, help="maximum number of turns (default: lessons.max_turns, or lessons.max_source_turns with --source)")
     s.add_argument("--mode", choices=["single", "rotate", "panel"], default=None,
                    help="how several teachers share a lesson: rotate (sections in turn) or panel (all answer each question)")
     s.add_argument("--json", action="store_true", help="print a JSON summary last")

@@ -113,11 +113,18 @@ class LessonSettings(_Strict):
     default_teacher: str | None = None
     default_student: str = "smol"
     max_turns: int = Field(8, ge=2, le=200)
+    # a lesson taught from a source document covers the whole document: its syllabus needs 3 turns a
+    # section plus 2 a question round (up to 15 a section), far more than an ungrounded chat's max_turns
+    max_source_turns: int = Field(400, ge=2, le=5000)
     max_concurrent_per_guild: int = Field(2, ge=1, le=50)
     approval_threshold: int = Field(3, ge=1)
     max_source_bytes: int = Field(1_000_000, ge=1)
     # most prompt+completion tokens one server may spend per UTC day on all paid (openai-backend) models together
     daily_token_budget: int | None = Field(None, ge=1)
+
+    def turn_limit(self, grounded: bool) -> int:
+        """The most turns a lesson may have: a lesson from a source document is meant to cover all of it."""
+        return self.max_source_turns if grounded else self.max_turns
 
 
 class DiscordSettings(_Strict):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import discord
 import pytest
 
+from lessons.steps import lesson_turns
+from lessons.syllabus import Section
 from storage import lessons as q
 from tests import discord_fixtures as fixtures
 from tests.discord_fixtures import PERSONAS, reply_to
@@ -67,6 +69,25 @@ async def test_a_good_source_file_grounds_the_lesson(classroom):
     with classroom.db() as db:
         assert db.execute("SELECT name FROM sources").fetchone()[0] == "vellmoor.md"
         assert q.get_lesson(db, 1)["syllabus"][0]["title"] == "Gate"
+
+
+async def test_a_lesson_from_a_source_teaches_the_whole_document_past_max_turns(classroom):
+    # lessons.max_turns is 9 here, fewer than these two sections of notes take (3 turns each, then question rounds)
+    doc = "# Gate\nThe gate code of Vellmoor is 4471.\n# Mayor\nThe mayor of Vellmoor is Ada Quill.\n"
+    await classroom.start_lesson(topic="Vellmoor", source=("vellmoor.md", doc.encode()))
+    await classroom.run_out()
+
+    with classroom.db() as db:
+        lesson = q.get_lesson(db, 1)
+        assert lesson["max_turns"] == 400
+        assert (lesson["status"], lesson["reason"]) == ("finished", "syllabus covered")
+        needed = lesson_turns([Section(**s) for s in lesson["syllabus"]], grounded=True)
+        assert len(q.turns(db, 1)) == needed > 9
+
+
+async def test_more_turns_than_a_source_lesson_allows_is_refused_naming_its_setting(classroom):
+    told = await refused(classroom, topic="Vellmoor", source=("vellmoor.md", b"# Gate\nThe gate code is 4471."), turns=401)
+    assert "at most 400 turns (`lessons.max_source_turns`)" in told
 
 
 async def test_an_endpoint_going_down_fails_the_lesson_with_its_reason_and_keeps_the_turns(classroom):

@@ -62,7 +62,7 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
         teachers="Several teachers, comma-separated (a panel or a rotation), e.g. gpt,smol-teacher",
         students="Several students, comma-separated (a class): they take turns asking, each is trained",
         mode="How several teachers share the lesson: rotate (sections in turn) or panel (all answer, members vote)",
-        turns="How many turns at most",
+        turns="How many turns at most (default: the whole document for a source, else lessons.max_turns)",
         source="A .txt or .md file (up to 1 MB) the teacher teaches from",
     )
     async def start(
@@ -71,7 +71,7 @@ class LessonsCog(commands.GroupCog, group_name="lesson", group_description="Less
         topic: str,
         teacher: str | None = None,
         student: str | None = None,
-        turns: app_commands.Range[int, 1, 200] | None = None,
+        turns: app_commands.Range[int, 1, 5000] | None = None,
         source: discord.Attachment | None = None,
         teachers: str | None = None,
         students: str | None = None,
