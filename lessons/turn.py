@@ -101,7 +101,7 @@ async def write_turn(
     if step.kind == "ask":
         recent += asked
     backend = await models.backend(step.speaker)
-    params = models.params(step.speaker)
+    params = lesson_params(models.params(step.speaker), lesson["id"])
     await emit(TurnStarted(lesson["id"], step.speaker, step.role, step.kind, step.section))
     grounding = f"{lesson['topic']}\n{section.text}" if step.role == "teacher" and section.text else None
     question = _question_answered(step, done)
@@ -154,6 +154,19 @@ async def write_turn(
         subject = _fallback_subject(_focus(section, step) or "", known, asked)
         return Draft(prompts.fallback_question(section, step.question_round, subject, asked), step.kind, Usage())
     return Draft(STUDENT_FALLBACK, "fallback", Usage())
+
+
+LESSON_SEED_STRIDE = 1000  # retries add 1, 2 to a turn's seed; lessons are this far apart
+
+
+def lesson_params(params: GenParams, lesson_id: int) -> GenParams:
+    """A model's settings for one lesson. With a fixed seed (the default, for reproducible runs) each
+    lesson samples with its own, so a second lesson on the same notes explains and asks in other
+    words instead of repeating the first word for word (its pairs would add nothing to training);
+    the same lesson resumed or run again from the same database still says the same."""
+    if params.seed is None:
+        return params
+    return replace(params, seed=params.seed + LESSON_SEED_STRIDE * (lesson_id - 1))
 
 
 def problems(text: str, step: Step, section: Section, grounding: str | None, question: str | None = None,

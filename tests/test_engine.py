@@ -6,12 +6,13 @@ import asyncio
 
 import pytest
 
+from backends.base import GenParams
 from lessons import steps as lesson_steps
 from lessons.engine import LessonEngine, LessonError, LessonRequest, next_step
 from lessons.events import LessonFinished, LessonStarted, TokenStreamed, TurnFinished
 from lessons.steps import fact_sentences, focus_sentences, lesson_turns
 from lessons.syllabus import Section, sections_from_plan, sections_from_source
-from lessons.turn import STUDENT_FALLBACK
+from lessons.turn import LESSON_SEED_STRIDE, STUDENT_FALLBACK, lesson_params
 from storage import AsyncStore, open_db
 from storage import lessons as q
 from tests.scripted import ScriptedBackend, scripted_registry
@@ -502,3 +503,29 @@ async def test_a_canned_question_about_a_fact_with_she_in_it_is_answered_with_al
         ("What should I remember about Ada Quill?", doc.split("\n", 1)[1]),
         ("What can you tell me about Ada Quill?", doc.split("\n", 1)[1]),
     ]
+
+
+class SeedRecorder(ScriptedBackend):
+    """A scripted model that notes the sampling seed of every request."""
+
+    def __init__(self, name, replies):
+        super().__init__(name, replies)
+        self.seeds = []
+
+    async def chat(self, messages, params=None, usage=None):
+        self.seeds.append(params.seed if params is not None else None)
+        return await super().chat(messages, params, usage)
+
+
+async def test_each_lesson_samples_with_its_own_seed_so_a_second_lesson_is_not_a_copy(store):
+    student = SeedRecorder("kid", "Is it like owning a slice of pizza?")
+    engine = make_engine(store, student=student)
+    await run_lesson(engine, turns=3)
+    await run_lesson(engine, turns=3)
+    assert student.seeds == [0, LESSON_SEED_STRIDE]  # one reply per lesson, each lesson its own seed
+
+
+def test_lesson_params_keep_a_random_seed_random_and_offset_a_fixed_one():
+    assert lesson_params(GenParams(seed=None), 7).seed is None
+    assert lesson_params(GenParams(seed=5), 1).seed == 5  # lesson 1 samples as the model's own settings say
+    assert lesson_params(GenParams(seed=5), 3).seed == 5 + 2 * LESSON_SEED_STRIDE
