@@ -91,7 +91,7 @@ async def test_nightly_lifecycle_train_skip_kill_continue(app):
     # ...marked as anchors, so the trainer holds them to the student's own predictions (KL, anchor_kl)
     assert [r.get("anchor", False) for r in first_rows] == [False, True, True]
     run_job = json.loads((app.settings.home / "runs" / str(first.run_id) / "job.json").read_text())
-    assert run_job["config"]["anchor_kl"] == app.settings.training.anchor_kl == 6.0
+    assert run_job["config"]["anchor_kl"] == app.settings.training.anchor_kl == 3.0
     assert {r["messages"][1]["content"] for r in first_rows[1:]} <= set(anchors.questions())
     assert first.before is not None and first.after is not None
     adapter_dir = Path(first.adapter)

@@ -56,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
     max_grad_norm: float = 1.0  # gradient clipping; a few odd dialogues cannot blow the adapter up
     autocast: str = "auto"  # "auto", "bf16" or "off"; auto = bf16 on CUDA and on CPUs with bf16 units
-    anchor_kl: float = 6.0  # weight of the pull toward the starting model on anchor tokens; 0 = plain SFT on their text
+    anchor_kl: float = 3.0  # weight of the pull toward the starting model on anchor tokens; 0 = plain SFT on their text
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:

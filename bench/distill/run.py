@@ -20,7 +20,7 @@ The questions are written apart from the documents and phrased differently; the 
 so no model knows them before the lessons.
 
 Scenarios (issue 7's directions and panels), the same steps with other people in the lesson:
-  packs           one bundled teacher, one lesson per pack (the default; the table in bench/README.md)
+  packs           one bundled teacher, two lessons per pack (the default; the table in bench/README.md)
   two-teachers    two teachers, each grounded in a different pack, teach one rotate lesson: its
                   syllabus alternates the packs' sections, so each teacher teaches (and gets the
                   notes of) its own pack only, and the one student must learn from both
@@ -359,8 +359,9 @@ def write_readme(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packs", nargs="*", default=None, help="pack names under bench/distill/packs (default: all)")
-    parser.add_argument("--lessons", type=int, default=1,
-                        help="lessons per pack (default 1: the bundled teacher is greedy, so a repeat adds nothing)")
+    parser.add_argument("--lessons", type=int, default=None,
+                        help="lessons per pack (default 2, 1 with --quick): each lesson samples with its own seed, so a "
+                        "second one asks some of its questions in other words")
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions of each pack")
     parser.add_argument("--sections", type=int, default=None, help="teach only the first N sections of each pack")
     parser.add_argument("--quick", action="store_true",
@@ -382,7 +383,8 @@ def main() -> None:
     config = args.config or (HERE / "quick.toml" if args.quick else None)
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         home = args.home or Path(tmp)
-        result = bench(packs, args.lessons, limit, home, args.verbose, config, sections, args.quick, args.scenario)
+        lessons = args.lessons or (1 if args.quick else 2)
+        result = bench(packs, lessons, limit, home, args.verbose, config, sections, args.quick, args.scenario)
     text = table(result)
     print(text)
     if args.json:
