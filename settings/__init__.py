@@ -122,9 +122,13 @@ class LessonSettings(_Strict):
     # most prompt+completion tokens one server may spend per UTC day on all paid (openai-backend) models together
     daily_token_budget: int | None = Field(None, ge=1)
 
+    def turn_limit_setting(self, grounded: bool) -> str:
+        """Which setting limits a lesson's turns: a lesson from a source document is meant to cover all of it."""
+        return "max_source_turns" if grounded else "max_turns"
+
     def turn_limit(self, grounded: bool) -> int:
-        """The most turns a lesson may have: a lesson from a source document is meant to cover all of it."""
-        return self.max_source_turns if grounded else self.max_turns
+        """The most turns a lesson may have (`turn_limit_setting`)."""
+        return getattr(self, self.turn_limit_setting(grounded))
 
 
 class DiscordSettings(_Strict):

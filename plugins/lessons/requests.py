@@ -41,10 +41,10 @@ async def lesson_request(
     missing = missing_permission(channel)
     if missing:
         raise Refused(f"I can't run a lesson in {channel.mention}: I need the {missing} permission there.")
-    max_turns = settings.lessons.turn_limit(grounded=source is not None)
+    grounded = source is not None
+    max_turns = settings.lessons.turn_limit(grounded)
     if turns is not None and turns > max_turns:
-        setting = "max_source_turns" if source is not None else "max_turns"
-        raise Refused(f"A lesson here has at most {max_turns} turns (`lessons.{setting}`).")
+        raise Refused(f"A lesson here has at most {max_turns} turns (`lessons.{settings.lessons.turn_limit_setting(grounded)}`).")
     teacher_names = model_list(teacher, teachers) or [settings.default_teacher]
     student_names = model_list(student, students) or [settings.default_student]
     if mode == "panel" and len(teacher_names) < 2:
