@@ -30,6 +30,7 @@ from storage import votes as v
 from trainer import dataset
 
 MAX_QUESTION_CHARS = 1000
+MAX_REPEAT = 16  # lessons `classroom lesson --repeat` runs at once
 
 
 class TerminalTranscript:
@@ -71,8 +72,27 @@ class TerminalTranscript:
         self.out.flush()
 
 
+class TurnLines:
+    """Prints each turn of one of several lessons running together, whole, once it is stored."""
+
+    def __init__(self, app: AppContext, lesson_id: int, out: TextIO = sys.stdout):
+        self.app, self.lesson_id, self.out = app, lesson_id, out
+
+    async def __call__(self, event: LessonEvent) -> None:
+        if isinstance(event, TurnFinished):
+            name = self.app.models.spec(event.turn["speaker"]).display_name
+            self.out.write(f"[lesson {self.lesson_id}] {name} · {event.turn['role']}: {event.turn['content']}\n")
+        elif isinstance(event, LessonFinished):
+            why = f" ({event.reason})" if event.reason else ""
+            self.out.write(f"[lesson {self.lesson_id}] {event.status}{why}: {event.turns} turns stored.\n")
+        self.out.flush()
+
+
 async def cmd_lesson(settings: Settings, args: argparse.Namespace) -> int:
-    """Run one lesson to its end, streaming it; print the lesson id (and a JSON summary with --json)."""
+    """Run one lesson to its end, streaming it; print the lesson id (and a JSON summary with --json).
+    With --repeat N, N lessons of it at once."""
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise CliError(f"--repeat must be between 1 and {MAX_REPEAT} (got {args.repeat})")
     source_name = source_text = None
     if args.source:
         source_name, source_text = read_source(args.source, settings.lessons.max_source_bytes)
@@ -93,14 +113,15 @@ async def cmd_lesson(settings: Settings, args: argparse.Namespace) -> int:
                 "is only useful when grounded in a document (pass --source notes.md) or use an API teacher.",
                 file=sys.stderr,
             )
-        lesson_id = await app.engine.open(
-            LessonRequest(
-                topic=args.topic, teachers=teachers, students=students, max_turns=turns,
-                source_name=source_name, source_text=source_text,
-                mode=args.mode or ("rotate" if len(teachers) > 1 else "single"), started_by="cli",
-            )
+        request = LessonRequest(
+            topic=args.topic, teachers=teachers, students=students, max_turns=turns,
+            source_name=source_name, source_text=source_text,
+            mode=args.mode or ("rotate" if len(teachers) > 1 else "single"), started_by="cli",
         )
         out = sys.stderr if args.json else sys.stdout
+        if args.repeat > 1:
+            return await _lessons_at_once(app, request, args.repeat, direction, args.json, out)
+        lesson_id = await app.engine.open(request)
         outcome = await app.engine.run(lesson_id, TerminalTranscript(app, out))
         if args.json:
             print(json.dumps({"lesson_id": lesson_id, "turns": outcome.turns, "status": outcome.status, "reason": outcome.reason,
@@ -108,6 +129,22 @@ async def cmd_lesson(settings: Settings, args: argparse.Namespace) -> int:
         else:
             print(f"lesson id: {lesson_id}")
         return 0 if outcome.status in ("finished", "stopped") else 1
+
+
+async def _lessons_at_once(app: AppContext, request: LessonRequest, n: int, direction: Direction, as_json: bool,
+                           out: TextIO) -> int:
+    """`n` lessons of one request, run together: a local model's worker batches their turns, so they
+    take much less than `n` times one (bench/README.md). Each samples with its own seed (its id), as
+    when run one after another; ids are taken in order before any starts. Turns print as they finish."""
+    lesson_ids = [await app.engine.open(request) for _ in range(n)]
+    outcomes = await asyncio.gather(*(app.engine.run(i, TurnLines(app, i, out)) for i in lesson_ids))
+    if as_json:
+        print(json.dumps({"lesson_ids": lesson_ids, "turns": [o.turns for o in outcomes],
+                          "status": [o.status for o in outcomes], "reason": [o.reason for o in outcomes],
+                          "direction": direction.label}))
+    else:
+        print(f"lesson ids: {' '.join(map(str, lesson_ids))}")
+    return 0 if all(o.status in ("finished", "stopped") for o in outcomes) else 1
 
 
 async def cmd_lessons(settings: Settings, args: argparse.Namespace) -> int:

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--turns", type=int, default=None, help="maximum number of turns (default: lessons.max_turns, or lessons.max_source_turns with --source)")
     s.add_argument("--mode", choices=["single", "rotate", "panel"], default=None,
                    help="how several teachers share a lesson: rotate (sections in turn) or panel (all answer each question)")
+    s.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run N lessons of it at once (each samples its own turns; a local model batches them)")
     s.add_argument("--json", action="store_true", help="print a JSON summary last")
 
     sub.add_parser("lessons", help="list recent lessons")

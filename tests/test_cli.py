@@ -107,6 +107,31 @@ def test_lesson_streams_stores_and_exports(cfg, tmp_path):
     assert [c["from"] for c in first["conversations"]][:3] == ["system", "human", "gpt"]
 
 
+def test_repeat_runs_several_lessons_of_one_request_at_once(cfg):
+    run = classroom(cfg, "lesson", "--topic", "what a stock is", "--turns", "6", "--repeat", "3", "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["lesson_ids"] == [1, 2, 3] and summary["turns"] == [6, 6, 6]
+    assert summary["status"] == ["finished"] * 3
+    lines = [line for line in run.stderr.splitlines() if line.startswith("[lesson ")]
+    assert "[lesson 1] Prof · teacher: Lesson on What a share is. What do you think?" in lines
+    # together, not one after another: the others' turns come before the first lesson's last one
+    firsts = [lines.index(next(x for x in lines if x.startswith(f"[lesson {i}]"))) for i in (1, 2, 3)]
+    last_of_first = max(i for i, x in enumerate(lines) if x.startswith("[lesson 1]") and "·" in x)
+    assert max(firsts) < last_of_first
+    assert sum(" finished" in x and x.endswith(": 6 turns stored.") for x in lines) == 3
+    listing = classroom(cfg, "lessons").stdout
+    assert listing.count("what a stock is") == 3
+
+
+@pytest.mark.parametrize("n", ["0", "17"])
+def test_repeat_out_of_range_is_one_clear_line_and_stores_nothing(cfg, n):
+    run = classroom(cfg, "lesson", "--topic", "x", "--repeat", n)
+    assert run.returncode != 0
+    assert run.stderr.strip() == f"error: --repeat must be between 1 and 16 (got {n})"
+    assert "no lessons yet" in classroom(cfg, "lessons").stdout
+
+
 def test_ask_streams_the_students_answer(cfg):
     run = classroom(cfg, "ask", "What is a share?")
     assert run.returncode == 0, run.stderr
