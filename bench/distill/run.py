@@ -20,7 +20,7 @@ The questions are written apart from the documents and phrased differently; the 
 so no model knows them before the lessons.
 
 Scenarios (issue 7's directions and panels), the same steps with other people in the lesson:
-  packs           one bundled teacher, two lessons per pack (the default; the table in bench/README.md)
+  packs           one bundled teacher, three lessons per pack (the default; the table in bench/README.md)
   two-teachers    two teachers, each grounded in a different pack, teach one rotate lesson: its
                   syllabus alternates the packs' sections, so each teacher teaches (and gets the
                   notes of) its own pack only, and the one student must learn from both
@@ -257,13 +257,13 @@ def bench(
             results[p.name].lessons.append(out["lesson_id"])
             results[p.name].turns = out["turns"]
     else:
-        for p in packs:
-            for _ in range(lessons_per_pack):
-                out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(documents[p.name]), "--teacher",
-                                            cast.teachers[p.name], "--student", student, "--turns", "200", "--json")[-1])
-                directions.add(out["direction"])
-                results[p.name].lessons.append(out["lesson_id"])
-                results[p.name].turns += out["turns"]
+        for p in packs:  # a pack's lessons run at once: the model's worker batches their turns
+            out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(documents[p.name]), "--teacher",
+                                        cast.teachers[p.name], "--student", student, "--turns", "200",
+                                        "--repeat", str(lessons_per_pack), "--json")[-1])
+            directions.add(out["direction"])
+            results[p.name].lessons += out.get("lesson_ids", [out.get("lesson_id")])
+            results[p.name].turns += sum(out["turns"]) if isinstance(out["turns"], list) else out["turns"]
     runner.run("approve", *sorted({str(i) for r in results.values() for i in r.lessons}))
     train = json.loads(runner.run("train", "--student", student, "--json")[-1])
 
@@ -360,8 +360,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packs", nargs="*", default=None, help="pack names under bench/distill/packs (default: all)")
     parser.add_argument("--lessons", type=int, default=None,
-                        help="lessons per pack (default 2, 1 with --quick): each lesson samples with its own seed, so a "
-                        "second one asks some of its questions in other words")
+                        help="lessons per pack, run at once (default 3, 1 with --quick): each lesson samples with its "
+                        "own seed, so a second and third ask some of their questions in other words")
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions of each pack")
     parser.add_argument("--sections", type=int, default=None, help="teach only the first N sections of each pack")
     parser.add_argument("--quick", action="store_true",
@@ -383,7 +383,7 @@ def main() -> None:
     config = args.config or (HERE / "quick.toml" if args.quick else None)
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         home = args.home or Path(tmp)
-        lessons = args.lessons or (1 if args.quick else 2)
+        lessons = args.lessons or (1 if args.quick else 3)
         result = bench(packs, lessons, limit, home, args.verbose, config, sections, args.quick, args.scenario)
     text = table(result)
     print(text)
