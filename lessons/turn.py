@@ -1,14 +1,14 @@
 """Writing one turn: prompt the speaker, stream its reply, clean it, and retry what the guards reject.
 
 The engine decides whose turn it is and stores what comes back; this module decides what a
-usable turn is. A reply is tried again (up to RETRIES more times, ASK_RETRIES for a student's
-question, warmer each time) when it is empty, echoes the last turns, or, for a teacher, copies
-its prompt's wording, invents names or numbers its notes lack, strays from them, leaves out their
-facts (an explanation: most of the section's; an answer to the student's question, or a
-correction: any of the notes' sentence that answers it) or mixes in another sentence's. If every
-attempt falls short, the attempt with the fewest problems is kept; for a grounded answer or
-correction, the notes' own sentence is quoted instead, since a wrong answer to a direct question
-is exactly what the student would learn to give.
+usable turn is. A reply is tried again (up to RETRIES more times, warmer each time) when it is
+empty, echoes the last turns, or, for a teacher, copies its prompt's wording, invents names or
+numbers its notes lack, strays from them, leaves out their facts (an explanation: most of the
+section's; an answer to the student's question, or a correction: any of the notes' sentence that
+answers it) or mixes in another sentence's. If every attempt falls short, the attempt with the
+fewest problems is kept; for a grounded answer or correction, the notes' own sentence is quoted
+instead, since a wrong answer to a direct question is exactly what the student would learn to
+give.
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ from lessons.syllabus import Section
 log = logging.getLogger(__name__)
 
 RETRIES = 2  # re-generations allowed for an empty, role-swapped or echoing reply
-# A student's question round gets more: its attempts are short (one question), and each one the
-# guards turn down is replaced in the end by a canned question that names the sentence's answer
-# ("What should I remember about Windy Hill?"), which teaches the fact from the wrong side.
-ASK_RETRIES = 5
 STUDENT_FALLBACK = "Could you explain that once more, with an example?"
 
 
@@ -113,7 +109,7 @@ async def write_turn(
     source = _answer_source(question, step, section, known) if grounding else None
     best: tuple[list[str], str, Usage] | None = None
     confirmation: tuple[list[str], str, Usage] | None = None
-    for attempt in range((ASK_RETRIES if step.kind == "ask" else RETRIES) + 1):
+    for attempt in range(RETRIES + 1):
         if attempt:
             params = replace(params, temperature=max(params.temperature, 0.7), seed=(params.seed or 0) + attempt)
         usage = Usage()

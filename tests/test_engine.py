@@ -8,7 +8,6 @@ import pytest
 
 from backends.base import GenParams
 from lessons import steps as lesson_steps
-from lessons import turn as turn_module
 from lessons.engine import LessonEngine, LessonError, LessonRequest, next_step
 from lessons.events import LessonFinished, LessonStarted, TokenStreamed, TurnFinished
 from lessons.steps import fact_sentences, focus_sentences, lesson_turns
@@ -377,8 +376,7 @@ async def test_a_question_naming_only_the_title_is_replaced_and_its_answer_check
             return "The factory stands beside Lake Oona."
         return "Quillfeather Kites is a kite company founded by Mara and Jessa Holt."
 
-    tries = turn_module.ASK_RETRIES + 1
-    student = ScriptedBackend("kid", ["The Holts.", *[generic] * tries, "Where is the factory?"])
+    student = ScriptedBackend("kid", ["The Holts.", generic, generic, generic, "Where is the factory?"])
     lid, outcome, _ = await run_lesson(make_engine(store, teacher=ScriptedBackend("prof", teacher), student=student),
                                        turns=20, source_name="v.md", source_text=doc)
     turns = await store.call(q.turns, lid)
@@ -400,20 +398,6 @@ async def test_a_student_with_no_usable_question_asks_the_fallback_one(store):
     turns = await store.call(q.turns, lid)
     assert outcome.reason == "syllabus covered"
     assert turns[3]["kind"] == "ask" and turns[3]["content"].startswith("What should I remember about")
-
-
-@pytest.mark.usefixtures("one_pass")
-async def test_a_student_has_more_tries_at_a_question_than_at_other_turns_before_the_canned_one(store):
-    """The canned question names the sentence's answer; the student's own, even on its last try, is better."""
-    assert turn_module.ASK_RETRIES > turn_module.RETRIES
-    doc = "The gate code of Vellmoor is 4471, and it opens the north gate of the town wall for visitors."
-    own = "Which gate does the code open?"
-    for misses, expected in ((turn_module.ASK_RETRIES, own), (turn_module.ASK_RETRIES + 1, "What should I remember about")):
-        student = ScriptedBackend("kid", ["Maybe 12?", *["I like gates."] * misses, own])
-        lid, _, _ = await run_lesson(make_engine(store, student=student), turns=5, source_name="v.md", source_text=doc)
-        asked = (await store.call(q.turns, lid))[3]
-        assert asked["kind"] == "ask" and asked["content"].startswith(expected), misses
-        assert len(student.calls) == 1 + min(misses + 1, turn_module.ASK_RETRIES + 1)
 
 
 @pytest.mark.usefixtures("one_pass")
