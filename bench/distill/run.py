@@ -257,13 +257,13 @@ def bench(
             results[p.name].lessons.append(out["lesson_id"])
             results[p.name].turns = out["turns"]
     else:
-        for p in packs:
-            for _ in range(lessons_per_pack):
-                out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(documents[p.name]), "--teacher",
-                                            cast.teachers[p.name], "--student", student, "--turns", "200", "--json")[-1])
-                directions.add(out["direction"])
-                results[p.name].lessons.append(out["lesson_id"])
-                results[p.name].turns += out["turns"]
+        for p in packs:  # a pack's lessons run at once: the model's worker batches their turns
+            out = json.loads(runner.run("lesson", "--topic", p.title, "--source", str(documents[p.name]), "--teacher",
+                                        cast.teachers[p.name], "--student", student, "--turns", "200",
+                                        "--repeat", str(lessons_per_pack), "--json")[-1])
+            directions.add(out["direction"])
+            results[p.name].lessons += out.get("lesson_ids", [out.get("lesson_id")])
+            results[p.name].turns += sum(out["turns"]) if isinstance(out["turns"], list) else out["turns"]
     runner.run("approve", *sorted({str(i) for r in results.values() for i in r.lessons}))
     train = json.loads(runner.run("train", "--student", student, "--json")[-1])
 
@@ -360,7 +360,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packs", nargs="*", default=None, help="pack names under bench/distill/packs (default: all)")
     parser.add_argument("--lessons", type=int, default=None,
-                        help="lessons per pack, one after another (default 3, 1 with --quick): each lesson samples with its "
+                        help="lessons per pack, run at once (default 3, 1 with --quick): each lesson samples with its "
                         "own seed, so a second and third ask some of their questions in other words")
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions of each pack")
     parser.add_argument("--sections", type=int, default=None, help="teach only the first N sections of each pack")
