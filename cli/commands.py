@@ -33,6 +33,12 @@ MAX_QUESTION_CHARS = 1000
 MAX_REPEAT = 16  # lessons `classroom lesson --repeat` runs at once
 
 
+def ending(event: LessonFinished) -> str:
+    """How a lesson ended, for the terminal: "finished (syllabus covered): 12 turns stored."."""
+    why = f" ({event.reason})" if event.reason else ""
+    return f"{event.status}{why}: {event.turns} turns stored."
+
+
 class TerminalTranscript:
     """Prints a lesson as it streams: a header per turn, then its text line by line."""
 
@@ -64,8 +70,7 @@ class TerminalTranscript:
             else:
                 self._write(f"\n(stored as: {content})\n")
         elif isinstance(event, LessonFinished):
-            why = f" ({event.reason})" if event.reason else ""
-            self._write(f"\nLesson {event.lesson_id} {event.status}{why}: {event.turns} turns stored.\n")
+            self._write(f"\nLesson {event.lesson_id} {ending(event)}\n")
 
     def _write(self, text: str) -> None:
         self.out.write(text)
@@ -83,8 +88,7 @@ class TurnLines:
             name = self.app.models.spec(event.turn["speaker"]).display_name
             self.out.write(f"[lesson {self.lesson_id}] {name} · {event.turn['role']}: {event.turn['content']}\n")
         elif isinstance(event, LessonFinished):
-            why = f" ({event.reason})" if event.reason else ""
-            self.out.write(f"[lesson {self.lesson_id}] {event.status}{why}: {event.turns} turns stored.\n")
+            self.out.write(f"[lesson {self.lesson_id}] {ending(event)}\n")
         self.out.flush()
 
 
