@@ -68,8 +68,11 @@ class Pack:
 
     @classmethod
     def load(cls, name: str) -> Pack:
-        document = PACKS / f"{name}.md"
-        questions = PACKS / f"{name}.questions.jsonl"
+        """A pack of the default run (packs/NAME.md), or a check pack (packs/check/NAME.md): one
+        kept out of every run the defaults were tuned on, to see whether they carry over."""
+        folder = next((d for d in (PACKS, PACKS / "check") if (d / f"{name}.md").is_file()), PACKS)
+        document = folder / f"{name}.md"
+        questions = folder / f"{name}.questions.jsonl"
         if not document.is_file() or not questions.is_file():
             raise SystemExit(f"pack '{name}': need {document} and {questions}")
         first = document.read_text(encoding="utf-8").splitlines()[0]
@@ -358,7 +361,8 @@ def write_readme(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--packs", nargs="*", default=None, help="pack names under bench/distill/packs (default: all)")
+    parser.add_argument("--packs", nargs="*", default=None, help="pack names under bench/distill/packs (default: all of them; "
+                        "packs/check holds packs kept out of tuning, run by name: --packs orrin)")
     parser.add_argument("--lessons", type=int, default=None,
                         help="lessons per pack, run at once (default 3, 1 with --quick): each lesson samples with its "
                         "own seed, so a second and third ask some of their questions in other words")
