@@ -1,0 +1,39 @@
+"""The distillation benchmark's knowledge packs: each is a fictional document with at least 15
+questions whose answers are in it, asked in other words than its sentences (issue 5)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from quiz.grading import normalise
+from tests.conftest import REPO
+
+PACKS = REPO / "bench" / "distill" / "packs"
+ALL = sorted(PACKS.glob("*.md")) + sorted((PACKS / "check").glob("*.md"))
+
+
+def test_there_are_two_packs_for_the_run_and_one_kept_out_of_tuning():
+    assert len([p for p in ALL if p.parent == PACKS]) >= 2
+    assert len([p for p in ALL if p.parent.name == "check"]) >= 1
+
+
+@pytest.mark.parametrize("document", ALL, ids=lambda p: p.stem)
+def test_every_question_is_answered_by_its_document_in_other_words(document: Path):
+    lines = document.with_suffix(".questions.jsonl").read_text(encoding="utf-8").splitlines()
+    questions = [json.loads(line) for line in lines if line.strip()]
+    text = document.read_text(encoding="utf-8")
+    words = set(normalise(text))
+    assert len(questions) >= 15
+    for q in questions:
+        assert q["keywords"], q
+        for keyword in q["keywords"]:
+            assert any(set(normalise(alt)) <= words for alt in keyword.split("|")), f"{keyword!r} is not in {document.name}"
+        # a question is not a sentence of the notes turned round: it may share a name or a noun
+        # phrase ("the oldest building in Vellmoor", five words), not six words in a row
+        said = re.findall(r"\w+", q["question"].lower())
+        notes = " ".join(re.findall(r"\w+", text.lower()))
+        assert not any(" ".join(said[i:i + 6]) in notes for i in range(len(said) - 5)), q["question"]
