@@ -149,6 +149,9 @@ class TrainingSettings(_Strict):
     timezone: str = "UTC"
     epochs: float = Field(3.0, gt=0)
     min_steps: int = Field(200, ge=0)
+    # ...but at most this many passes over a night's rows: 200 steps are 12.5 passes over the 16 rows
+    # of the distillation bench's two packs; a smaller night repeated more recites text, not facts
+    max_passes: float = Field(12.5, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)

@@ -293,6 +293,15 @@ def test_min_steps_gives_a_small_dataset_more_passes_and_a_large_one_its_epochs(
     assert len(loop.step_plan(4, loop.TrainConfig(epochs=3, min_steps=40, max_steps=10))) == 10
 
 
+def test_max_passes_caps_what_min_steps_adds_but_never_the_epochs():
+    assert len(loop.step_plan(4, loop.TrainConfig(epochs=3, min_steps=40, max_passes=5))) == 20
+    assert len(loop.step_plan(16, loop.TrainConfig(epochs=3, min_steps=200, max_passes=12.5))) == 200
+    assert len(loop.step_plan(9, loop.TrainConfig(epochs=3, min_steps=200, max_passes=12.5))) == 113
+    assert len(loop.step_plan(4, loop.TrainConfig(epochs=8, min_steps=40, max_passes=5))) == 32  # epochs stand
+    with pytest.raises(ValueError, match="max_passes"):
+        loop.TrainConfig.from_dict({"max_passes": 0})
+
+
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     factors = [loop.lr_factor(s, 20, 2, 0.1) for s in range(20)]
     assert factors[0] < factors[1] < factors[2] == 1.0

@@ -50,6 +50,7 @@ class TrainConfig:
     batch_tokens: int = 4096  # tokens per optimizer step: one packed row of up to this many
     seed: int = 0  # seeds torch, random and numpy: same data and config give the same adapter
     min_steps: int = 0  # at least this many steps: a small night's data gets more passes (facts need repetition)
+    max_passes: float | None = None  # ...but min_steps adds no more than this many passes over the rows
     max_steps: int | None = None  # hard cap on optimizer steps (smoke runs, tests)
     warmup_ratio: float = 0.05  # share of steps spent ramping the learning rate up (at least 1 step)
     min_lr_ratio: float = 0.1  # cosine decay ends at this share of the peak learning rate
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ValueError("lora_dropout must be in [0, 1); max_seq_len and batch_tokens at least 8")
         if self.min_steps < 0:
             raise ValueError("min_steps must be 0 or more")
+        if self.max_passes is not None and self.max_passes <= 0:
+            raise ValueError("max_passes must be positive")
         if self.anchor_kl < 0:
             raise ValueError("anchor_kl must be 0 or more")
         if self.max_steps is not None and self.max_steps < 1:
@@ -287,8 +290,15 @@ def train(
 
 
 def step_plan(n_rows: int, config: TrainConfig) -> list[tuple[int, float]]:
-    """(row index, epoch progress) for every step: each epoch visits every row once, in a seeded shuffle."""
-    total = max(1, math.ceil(config.epochs * n_rows), config.min_steps)
+    """(row index, epoch progress) for every step: each epoch visits every row once, in a seeded shuffle.
+
+    As many steps as `epochs` passes, raised to `min_steps` for a small night, but by no more than
+    `max_passes` passes: a night of one or two lessons taken 20 or 60 times over recites their text
+    instead of learning their facts (bench/README.md, session 17)."""
+    repeat = config.min_steps
+    if config.max_passes is not None:
+        repeat = min(repeat, math.ceil(config.max_passes * n_rows))
+    total = max(1, math.ceil(config.epochs * n_rows), repeat)
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     rng = random.Random(config.seed)
