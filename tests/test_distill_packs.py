@@ -1,10 +1,13 @@
-"""The distillation benchmark's knowledge packs: each is a fictional document with at least 15
-questions whose answers are in it, asked in other words than its sentences (issue 5)."""
+"""The distillation benchmark's parts: its knowledge packs, each a fictional document with at least
+15 questions whose answers are in it, asked in other words than its sentences (issue 5), and the
+runner, whose `classroom` commands must run the benchmark's own checkout."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,19 @@ def test_every_question_is_answered_by_its_document_in_other_words(document: Pat
         said = re.findall(r"\w+", q["question"].lower())
         notes = " ".join(re.findall(r"\w+", text.lower()))
         assert not any(" ".join(said[i:i + 6]) in notes for i in range(len(said) - 5)), q["question"]
+
+
+def test_the_runners_commands_import_the_benchmarks_checkout(tmp_path: Path, monkeypatch):
+    """A bench run from a worktree of another commit must measure that commit's code, not the
+    code an editable install points at (every `classroom` command runs in the data home)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench" / "distill"))
+    import run
+
+    other = tmp_path / "elsewhere"
+    (other / "cli").mkdir(parents=True)
+    (other / "cli" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(other))  # another checkout's code, found before ours unless the runner says
+    runner = run.Runner(tmp_path / "home", tmp_path, verbose=False)
+    found = subprocess.run([sys.executable, "-c", "import cli; print(cli.__file__)"], cwd=tmp_path, env=runner.env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(found).resolve() == (REPO / "cli" / "__init__.py").resolve()

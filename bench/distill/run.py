@@ -98,6 +98,9 @@ class Runner:
     def __init__(self, home: Path, work: Path, verbose: bool, config: Path | None = None):
         self.home, self.work, self.verbose = home, work, verbose
         self.env = {**os.environ, "CLASSROOM_HOME": str(home), "TQDM_DISABLE": "1"}
+        # `classroom` runs this checkout's code, not whichever one the environment has installed
+        # (an editable install of another worktree would otherwise answer `-m cli.main`)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         self.env.pop("CLASSROOM_CONFIG", None)
         if config is not None:  # otherwise the defaults, exactly what a fresh install runs
             self.env["CLASSROOM_CONFIG"] = str(config.resolve())
