@@ -27,6 +27,20 @@ static void report(const char *what, double took, int per_instruction, double ke
            INSTRUCTIONS * (double)per_instruction / took / 1e9, keep);
 }
 
+/* Time INSTRUCTIONS of OP (a macro of one register) spread over the CHAINS registers of CHAIN, and
+   report them; LANE0 reads a register's first lane, so the compiler cannot drop the work. */
+#define MEASURE(LABEL, PER_INSTRUCTION, CHAIN, OP, LANE0)                \
+    do {                                                                 \
+        double t = seconds(), keep = 0;                                  \
+        for (long n = 0; n < INSTRUCTIONS / CHAINS; n++) {               \
+            _Pragma("GCC unroll 12") for (int i = 0; i < CHAINS; i++)    \
+                CHAIN[i] = OP(CHAIN[i]);                                 \
+        }                                                                \
+        t = seconds() - t;                                               \
+        for (int i = 0; i < CHAINS; i++) keep += LANE0(CHAIN[i]);        \
+        report(LABEL, t, PER_INSTRUCTION, keep);                         \
+    } while (0)
+
 int main(void) {
     __m256 a[CHAINS], x = _mm256_set1_ps(1.0000001f), y = _mm256_set1_ps(0.9999999f);
     __m512 b[CHAINS], X = _mm512_set1_ps(1.0000001f), Y = _mm512_set1_ps(0.9999999f);
@@ -36,28 +50,13 @@ int main(void) {
         b[i] = _mm512_set1_ps((float)i);
         c[i] = _mm512_set1_epi32(i);
     }
-    double t = seconds(), keep = 0;
-    for (long n = 0; n < INSTRUCTIONS / CHAINS; n++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) a[i] = _mm256_fmadd_ps(a[i], x, y);
-    t = seconds() - t;
-    for (int i = 0; i < CHAINS; i++) keep += a[i][0];
-    report("AVX2 fp32 FMA (8 lanes)", t, 8, keep);
-
-    t = seconds(), keep = 0;
-    for (long n = 0; n < INSTRUCTIONS / CHAINS; n++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) b[i] = _mm512_fmadd_ps(b[i], X, Y);
-    t = seconds() - t;
-    for (int i = 0; i < CHAINS; i++) keep += b[i][0];
-    report("AVX-512 fp32 FMA (16 lanes)", t, 16, keep);
-
-    t = seconds(), keep = 0;
-    for (long n = 0; n < INSTRUCTIONS / CHAINS; n++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) c[i] = _mm512_dpbusd_epi32(c[i], u, v);
-    t = seconds() - t;
-    for (int i = 0; i < CHAINS; i++) keep += (double)_mm512_reduce_add_epi32(c[i]);
-    report("AVX-512 VNNI u8 x s8 dot", t, 64, keep);
+#define FMA8(r) _mm256_fmadd_ps(r, x, y)
+#define FMA16(r) _mm512_fmadd_ps(r, X, Y)
+#define DOT64(r) _mm512_dpbusd_epi32(r, u, v)
+#define LANE0_F(r) (r)[0]
+#define LANE0_I(r) (double)_mm512_reduce_add_epi32(r)
+    MEASURE("AVX2 fp32 FMA (8 lanes)", 8, a, FMA8, LANE0_F);
+    MEASURE("AVX-512 fp32 FMA (16 lanes)", 16, b, FMA16, LANE0_F);
+    MEASURE("AVX-512 VNNI u8 x s8 dot", 64, c, DOT64, LANE0_I);
     return 0;
 }
