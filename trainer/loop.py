@@ -293,8 +293,8 @@ def step_plan(n_rows: int, config: TrainConfig) -> list[tuple[int, float]]:
     """(row index, epoch progress) for every step: each epoch visits every row once, in a seeded shuffle.
 
     As many steps as `epochs` passes, raised to `min_steps` for a small night, but by no more than
-    `max_passes` passes: a night of one or two lessons taken 20 or 60 times over recites their text
-    instead of learning their facts (bench/README.md, session 17)."""
+    `max_passes` passes: one pack's three lessons taken 22 times over recited their text and
+    answered fewer questions asked in other words than at 12 passes (bench/README.md, session 17)."""
     repeat = config.min_steps
     if config.max_passes is not None:
         repeat = min(repeat, math.ceil(config.max_passes * n_rows))
