@@ -30,6 +30,7 @@ def test_every_question_is_answered_by_its_document_in_other_words(document: Pat
     questions = [json.loads(line) for line in lines if line.strip()]
     text = document.read_text(encoding="utf-8")
     words = set(normalise(text))
+    notes = " ".join(re.findall(r"\w+", text.lower()))
     assert len(questions) >= 15
     for q in questions:
         assert q["keywords"], q
@@ -38,7 +39,6 @@ def test_every_question_is_answered_by_its_document_in_other_words(document: Pat
         # a question is not a sentence of the notes turned round: it may share a name or a noun
         # phrase ("the oldest building in Vellmoor", five words), not six words in a row
         said = re.findall(r"\w+", q["question"].lower())
-        notes = " ".join(re.findall(r"\w+", text.lower()))
         assert not any(" ".join(said[i:i + 6]) in notes for i in range(len(said) - 5)), q["question"]
 
 
