@@ -51,36 +51,59 @@ def q8_0(n_out: int, n_in: int, seed: int) -> tuple[Blocks, torch.Tensor]:
     return Blocks("Q8_0", torch.from_numpy(q), torch.from_numpy(d), None, n_out, n_in), torch.from_numpy(weight)
 
 
+def wide_cpu() -> bool:
+    return "avx512f" in Path("/proc/cpuinfo").read_text().split()
+
+
+@pytest.fixture(params=[False, pytest.param(True, marks=pytest.mark.skipif(not wide_cpu(), reason="no AVX-512F"))],
+                ids=["8-lane", "wide"])
+def kernels(request, model_cache_dir):
+    """The kernels' library with its 16-lane AVX-512 products on or off (as the loader left them, afterwards)."""
+    lib = load(model_cache_dir.parent / "kernels")
+    before = lib.qmm_set_wide(-1)
+    assert lib.qmm_set_wide(int(request.param)) == int(request.param)
+    yield lib
+    lib.qmm_set_wide(before)
+
+
+def test_the_loader_turns_the_wide_kernels_on_where_the_cpu_has_them_unless_switched_off(model_cache_dir, tmp_path,
+                                                                                          monkeypatch):
+    assert load(model_cache_dir.parent / "kernels").qmm_set_wide(-1) == int(wide_cpu())
+    monkeypatch.setenv("CLASSROOM_AVX512", "0")  # read when a library is loaded: a fresh build here
+    assert load(tmp_path / "kernels").qmm_set_wide(-1) == 0
+
+
 @pytest.mark.parametrize("make", [q4_1, q8_0])
 # 1 row: the one-row kernel; 3 and 8: blocks rebuilt in registers; 9 and 17: panels and a last lone row;
 # 40 to 200: panels; 400 (past KERNEL_ROWS on one thread): the dequantised weight and torch's matmul
-@pytest.mark.parametrize("rows", [1, 3, 8, 9, 17, 40, 200, 400])
-def test_block_products_equal_fp32_products_on_the_same_weights(make, rows, model_cache_dir):
+@pytest.mark.parametrize("rows", [1, 3, 7, 8, 9, 17, 40, 200, 400])
+def test_block_products_equal_fp32_products_on_the_same_weights(make, rows, kernels):
     blocks, weight = make(98, 160, seed=rows)  # 98 columns: the last panel is cut short
     like = torch.empty(0)
-    layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels"), like)
+    layer = BlockLinear(blocks, kernels, like)
     assert torch.equal(layer.dequantise(), weight)  # bit for bit the weights transformers would hold
     x = torch.randn(1, rows, 160)
     torch.testing.assert_close(layer(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("make", [q4_1, q8_0])
-def test_a_rows_product_is_bit_for_bit_the_same_whichever_path_computes_it(make, model_cache_dir):
+def test_a_rows_product_is_bit_for_bit_the_same_whichever_path_computes_it(make, kernels):
     """Decode steps (up to 8 rows) rebuild blocks in registers, prompts go through panels: same bits per row."""
     blocks, _ = make(98, 160, seed=7)
-    layer = BlockLinear(blocks, load(model_cache_dir.parent / "kernels"), torch.empty(0))
+    layer = BlockLinear(blocks, kernels, torch.empty(0))
     x = torch.randn(40, 160)
     together = layer(x)  # panels
     assert torch.equal(layer(x[:8]), together[:8])  # registers
+    assert torch.equal(layer(x[:7]), together[:7])
     assert torch.equal(layer(x[:3]), together[:3])
     assert torch.equal(layer(x[8:9]), layer(x[:9])[8:9])  # a lone last row takes the one-row kernel, as alone
 
 
 @pytest.mark.parametrize("make", [q4_1, q8_0])
-def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(make, model_cache_dir):
+def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(make, kernels):
     # 1001 output columns: chunks are whole groups of 8 columns, so the last one is cut short
     blocks, weight = make(1001, 320, seed=5)
-    lib = load(model_cache_dir.parent / "kernels")
+    lib = kernels
     layer = BlockLinear(blocks, lib, torch.empty(0))
     x = torch.randn(8, 320)
     try:

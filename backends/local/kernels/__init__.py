@@ -21,6 +21,8 @@ from pathlib import Path
 SOURCES = (Path(__file__).with_name("qmm.c"), Path(__file__).with_name("decode.c"))
 HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources: part of what a build is keyed on
 FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
+WIDE_SWITCH = "CLASSROOM_AVX512"
+"""Set to 0 to keep the 8-lane kernels on a CPU with AVX-512 (to compare, or to rule the wide ones out)."""
 _lock = threading.Lock()
 _loaded: dict[Path, ctypes.CDLL] = {}
 
@@ -85,6 +87,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.q8_0_dequant.argtypes = [p, p, i, i, p]
     lib.qmm_set_threads.argtypes = [ctypes.c_int]
     lib.qmm_set_threads.restype = ctypes.c_int
+    if hasattr(lib, "qmm_set_wide"):  # bench/kernels.py also loads earlier builds, from before it
+        lib.qmm_set_wide.argtypes = [ctypes.c_int]
+        lib.qmm_set_wide.restype = ctypes.c_int
+        lib.qmm_set_wide(os.environ.get(WIDE_SWITCH, "").strip() != "0")
     for fn in (lib.q4_1_mm, lib.q8_0_mm, lib.q4_1_dequant, lib.q8_0_dequant):
         fn.restype = None
     if hasattr(lib, "attend_decode"):  # bench/kernels.py also loads builds of qmm.c alone

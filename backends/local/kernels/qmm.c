@@ -146,7 +146,7 @@ static __thread int64_t panel_cap;
 static float *panel_buffer(int64_t floats) {
     if (floats > panel_cap) {
         free(panel_buf);
-        panel_buf = aligned_alloc(32, (size_t)floats * sizeof(float));
+        panel_buf = aligned_alloc(64, (size_t)floats * sizeof(float));
         panel_cap = panel_buf ? floats : 0;
     }
     return panel_buf;
@@ -212,6 +212,143 @@ static void tile_any(const float *x, int64_t K, const float *w, int rt, int ct, 
     }
 }
 
+/* Each row count of the register kernels as a constant, so their accumulators stay in registers
+   (a runtime count left 7 rows' decode steps 20% slower than 8 rows'). */
+#define ROWS_CASE(fn, r, ...) case r: fn(x, r, __VA_ARGS__); break;
+static void q4_1_rows_any(const float *x, int64_t R, int64_t K, const uint8_t *qs, const float *d, const float *m,
+                          int64_t n0, int64_t n1, int64_t N, float *out) {
+    switch (R) {
+        ROWS_CASE(q4_1_rows, 1, K, qs, d, m, n0, n1, N, out) ROWS_CASE(q4_1_rows, 2, K, qs, d, m, n0, n1, N, out)
+        ROWS_CASE(q4_1_rows, 3, K, qs, d, m, n0, n1, N, out) ROWS_CASE(q4_1_rows, 4, K, qs, d, m, n0, n1, N, out)
+        ROWS_CASE(q4_1_rows, 5, K, qs, d, m, n0, n1, N, out) ROWS_CASE(q4_1_rows, 6, K, qs, d, m, n0, n1, N, out)
+        ROWS_CASE(q4_1_rows, 7, K, qs, d, m, n0, n1, N, out) ROWS_CASE(q4_1_rows, 8, K, qs, d, m, n0, n1, N, out)
+    }
+}
+
+static void q8_0_rows_any(const float *x, int64_t R, int64_t K, const int8_t *qs, const float *d, int64_t n0,
+                          int64_t n1, int64_t N, float *out) {
+    switch (R) {
+        ROWS_CASE(q8_0_rows, 1, K, qs, d, n0, n1, N, out) ROWS_CASE(q8_0_rows, 2, K, qs, d, n0, n1, N, out)
+        ROWS_CASE(q8_0_rows, 3, K, qs, d, n0, n1, N, out) ROWS_CASE(q8_0_rows, 4, K, qs, d, n0, n1, N, out)
+        ROWS_CASE(q8_0_rows, 5, K, qs, d, n0, n1, N, out) ROWS_CASE(q8_0_rows, 6, K, qs, d, n0, n1, N, out)
+        ROWS_CASE(q8_0_rows, 7, K, qs, d, n0, n1, N, out) ROWS_CASE(q8_0_rows, 8, K, qs, d, n0, n1, N, out)
+    }
+}
+
+/* Wide kernels: several rows' products and the prompts' panels with 16-lane AVX-512 vectors, where
+   the CPU has them (chosen at run time; the library is built for AVX2 and these functions alone
+   for AVX-512). A block of 32 weights is two vectors instead of four, so rebuilding it takes half
+   the instructions and each row half the multiply-adds. The weights are rebuilt exactly as in the
+   8-lane kernels (d * q + m in fp32), each (row, column) still keeps one accumulator over k in
+   order, and the decode rows and the panels sum alike, so a row's result does not depend on the
+   path; only the lanes the sums are split over differ from the 8-lane kernels'. One row keeps the
+   8-lane kernel: it is bound by reading the blocks, and 16 lanes measured the same there. */
+#define WIDE __attribute__((target("avx512f")))
+static int wide_kernels; /* set by qmm_set_wide (the Python loader turns them on where the CPU has AVX-512F) */
+
+static inline WIDE __attribute__((always_inline)) float hsum16(__m512 v) {
+    __m256 lo = _mm512_castps512_ps256(v), hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return hsum8(_mm256_add_ps(lo, hi));
+}
+
+static inline WIDE __attribute__((always_inline)) void q4_1_block16(const uint8_t *q, float d, float m, __m512 w[2]) {
+    const __m128i low = _mm_set1_epi8(0x0F);
+    __m128i raw = _mm_loadu_si128((const __m128i *)q);
+    __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
+    __m512 dv = _mm512_set1_ps(d), mv = _mm512_set1_ps(m);
+    w[0] = _mm512_add_ps(_mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo))), mv);
+    w[1] = _mm512_add_ps(_mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi))), mv);
+}
+
+static inline WIDE __attribute__((always_inline)) void q8_0_block16(const int8_t *q, float d, __m512 w[2]) {
+    __m256i raw = _mm256_loadu_si256((const __m256i *)q);
+    __m512 dv = _mm512_set1_ps(d);
+    w[0] = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(raw))));
+    w[1] = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(raw, 1))));
+}
+
+/* Block b of column n as two 16-lane vectors; kind 0 Q4_1, 1 Q8_0. */
+static inline WIDE __attribute__((always_inline)) void block16(int kind, const uint8_t *q, const float *d,
+                                                                const float *m, int64_t n, int64_t B, int64_t b,
+                                                                __m512 w[2]) {
+    if (kind == 0) q4_1_block16(q + b * 16, d[n * B + b], m[n * B + b], w);
+    else q8_0_block16((const int8_t *)q + b * 32, d[n * B + b], w);
+}
+
+/* out[r, n] for R (2..8) rows and columns n0..n1, blocks rebuilt in registers; kind 0 Q4_1, 1 Q8_0.
+   (Two columns at a time, so that each activation vector loaded fed both: the same time.) */
+static inline WIDE __attribute__((always_inline)) void rows16(int kind, const float *x, int R, int64_t K,
+                                                               const void *qs, const float *d, const float *m,
+                                                               int64_t n0, int64_t n1, int64_t N, float *out) {
+    const int64_t B = K / 32, bytes = kind == 0 ? K / 2 : K;
+    for (int64_t n = n0; n < n1; n++) {
+        __m512 acc[8];
+        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+        const uint8_t *q = (const uint8_t *)qs + n * bytes;
+        if (n + PREFETCH_COLUMNS < n1)
+            prefetch_column(q + PREFETCH_COLUMNS * bytes, bytes, d + (n + PREFETCH_COLUMNS) * B,
+                            kind == 0 ? m + (n + PREFETCH_COLUMNS) * B : NULL, B);
+        for (int64_t b = 0; b < B; b++) {
+            __m512 w[2];
+            if (kind == 0) q4_1_block16(q + b * 16, d[n * B + b], m[n * B + b], w);
+            else q8_0_block16((const int8_t *)q + b * 32, d[n * B + b], w);
+            for (int r = 0; r < R; r++) {
+                const float *xr = x + r * K + b * 32;
+                acc[r] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xr), acc[r]);
+                acc[r] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xr + 16), acc[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) out[r * N + n] = hsum16(acc[r]);
+    }
+}
+
+#define WIDE_CASE(kind, r) case r: rows16(kind, x, r, K, qs, d, m, n0, n1, N, out); break;
+static WIDE void wide_rows(int kind, const float *x, int64_t R, int64_t K, const void *qs, const float *d,
+                           const float *m, int64_t n0, int64_t n1, int64_t N, float *out) {
+    if (kind == 0) {
+        switch (R) { WIDE_CASE(0, 2) WIDE_CASE(0, 3) WIDE_CASE(0, 4) WIDE_CASE(0, 5) WIDE_CASE(0, 6) WIDE_CASE(0, 7) WIDE_CASE(0, 8) }
+    } else {
+        switch (R) { WIDE_CASE(1, 2) WIDE_CASE(1, 3) WIDE_CASE(1, 4) WIDE_CASE(1, 5) WIDE_CASE(1, 6) WIDE_CASE(1, 7) WIDE_CASE(1, 8) }
+    }
+}
+
+/* A panel tile with 16 lanes: up to 4 rows x 4 columns, 16 accumulators (of AVX-512's 32 registers),
+   per 16 weights 8 loads for 16 multiply-adds. */
+#define WIDE_TILE_ROWS 4
+static inline WIDE __attribute__((always_inline)) void wide_tile(const float *x, int64_t K, const float *w, int RT,
+                                                                  int CT, float *out, int64_t N) {
+    __m512 acc[WIDE_TILE_ROWS][PANEL];
+    for (int r = 0; r < RT; r++)
+        for (int c = 0; c < CT; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+        __m512 xv[WIDE_TILE_ROWS];
+        for (int r = 0; r < RT; r++) xv[r] = _mm512_loadu_ps(x + r * K + k);
+        for (int c = 0; c < CT; c++) {
+            __m512 wv = _mm512_loadu_ps(w + c * K + k);
+            for (int r = 0; r < RT; r++) acc[r][c] = _mm512_fmadd_ps(wv, xv[r], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < RT; r++)
+        for (int c = 0; c < CT; c++) out[r * N + c] = hsum16(acc[r][c]);
+}
+
+#define WIDE_TILE_CASE(rt, ct) case (rt) * 8 + (ct): wide_tile(x, K, w, rt, ct, out, N); break;
+static WIDE void wide_tile_any(const float *x, int64_t K, const float *w, int rt, int ct, float *out, int64_t N) {
+    switch (rt * 8 + ct) {
+        WIDE_TILE_CASE(4, 4) WIDE_TILE_CASE(4, 3) WIDE_TILE_CASE(4, 2) WIDE_TILE_CASE(4, 1)
+        WIDE_TILE_CASE(3, 4) WIDE_TILE_CASE(3, 3) WIDE_TILE_CASE(3, 2) WIDE_TILE_CASE(3, 1)
+        WIDE_TILE_CASE(2, 4) WIDE_TILE_CASE(2, 3) WIDE_TILE_CASE(2, 2) WIDE_TILE_CASE(2, 1)
+        WIDE_TILE_CASE(1, 4) WIDE_TILE_CASE(1, 3) WIDE_TILE_CASE(1, 2) WIDE_TILE_CASE(1, 1)
+    }
+}
+
+/* Use the wide kernels (on > 0) where this CPU has AVX-512F, or not (on == 0); returns whether they
+   are in use (on < 0: only that). */
+int qmm_set_wide(int on) {
+    if (on >= 0) wide_kernels = on && __builtin_cpu_supports("avx512f");
+    return wide_kernels;
+}
+
 /* One product, split by output columns among the pool's threads; or (kind 2) any work split into
    N units, computed by fn(ctx, u0, u1) for units u0..u1 (qmm_parallel). */
 typedef struct {
@@ -236,6 +373,13 @@ static int panel_columns(const Job *job, int64_t R, int64_t n0, int64_t n1) {
         int ct = n1 - n < PANEL ? (int)(n1 - n) : PANEL;
         if (job->kind == 0) rebuild_q4_1(job->qs, job->d, job->m, K, n, ct, w);
         else rebuild_q8_0(job->qs, job->d, K, n, ct, w);
+        if (wide_kernels) {
+            for (int64_t r = 0; r < R; r += WIDE_TILE_ROWS) {
+                int rt = R - r < WIDE_TILE_ROWS ? (int)(R - r) : WIDE_TILE_ROWS;
+                wide_tile_any(job->x + r * K, K, w, rt, ct, job->out + r * N + n, N);
+            }
+            continue;
+        }
         for (int64_t r = 0; r < R; r += TILE_ROWS) {
             int rt = R - r < TILE_ROWS ? (int)(R - r) : TILE_ROWS;
             tile_any(job->x + r * K, K, w, rt, ct, job->out + r * N + n, N);
@@ -260,17 +404,9 @@ static void job_columns(const Job *job, int64_t n0, int64_t n1) {
         int64_t R = M - r0 < 8 ? M - r0 : 8;
         const float *x = job->x + r0 * K;
         float *out = job->out + r0 * N;
-        if (job->kind == 0) {
-            const uint8_t *qs = job->qs;
-            if (R == 8) q4_1_rows(x, 8, K, qs, job->d, job->m, n0, n1, N, out);
-            else if (R == 1) q4_1_rows(x, 1, K, qs, job->d, job->m, n0, n1, N, out);
-            else q4_1_rows(x, R, K, qs, job->d, job->m, n0, n1, N, out);
-        } else {
-            const int8_t *qs = job->qs;
-            if (R == 8) q8_0_rows(x, 8, K, qs, job->d, n0, n1, N, out);
-            else if (R == 1) q8_0_rows(x, 1, K, qs, job->d, n0, n1, N, out);
-            else q8_0_rows(x, R, K, qs, job->d, n0, n1, N, out);
-        }
+        if (R > 1 && wide_kernels) wide_rows(job->kind, x, R, K, job->qs, job->d, job->m, n0, n1, N, out);
+        else if (job->kind == 0) q4_1_rows_any(x, R, K, job->qs, job->d, job->m, n0, n1, N, out);
+        else q8_0_rows_any(x, R, K, job->qs, job->d, n0, n1, N, out);
     }
 }
 
