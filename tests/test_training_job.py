@@ -202,3 +202,18 @@ async def test_mask_flags_follow_votes_and_train_on_outputs(app):
     assert flags == [True, False]
     [ex] = await app.store.call(dataset.lesson_examples, lid, no_train_teachers=["prof"])
     assert not any(m.get("train") for m in ex["messages"] if m["role"] == "assistant")
+
+
+def test_the_job_file_carries_every_training_setting_the_trainer_has():
+    """`[training]` settings reach the training subprocess by name; the trainer's other knobs are not settings."""
+    from dataclasses import fields
+
+    from settings import TrainingSettings
+    from trainer.config import TrainConfig
+
+    values = {"epochs": 2.5, "learning_rate": 3e-4, "lora_r": 8, "lora_alpha": 8, "lora_dropout": 0.1, "lora_targets": "mlp",
+              "max_seq_len": 512, "batch_tokens": 512, "min_steps": 7, "max_passes": 3.0, "seed": 5, "anchor_kl": 1.5}
+    config = TrainConfig.from_dict(job.train_config(TrainingSettings(**values)))
+    assert {k: getattr(config, k) for k in values} == values
+    assert {f.name for f in fields(TrainConfig)} - set(TrainingSettings.model_fields) == {
+        "max_steps", "warmup_ratio", "min_lr_ratio", "weight_decay", "max_grad_norm", "autocast"}

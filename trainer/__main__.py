@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from trainer.config import TrainConfig
 from trainer.preference import PreferenceConfig, read_pairs
 from trainer.preference import train as train_preference
 
@@ -66,7 +67,7 @@ class Job:
     base_model: str
     dataset: Path
     output_dir: Path
-    config: Any  # trainer.loop.TrainConfig, imported lazily so a bad job fails before torch loads
+    config: Any  # trainer.config.TrainConfig
     init_adapter: str | None = None
     device: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -75,8 +76,6 @@ class Job:
 
 def read_job(path: str | Path) -> Job:
     """Parse and check a job file; raise JobError naming what is wrong."""
-    from trainer.loop import TrainConfig
-
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -11,6 +11,7 @@ fresh one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -27,12 +28,19 @@ from storage import quiz as quiz_store
 from storage import training as tq
 from storage import votes as v
 from trainer import anchors, dataset, preference
+from trainer.config import TrainConfig
 from trainer.gate import ensure_quiz_items, evaluate, gate
 from trainer.process import run_module
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+def train_config(cfg: Any) -> dict[str, Any]:
+    """The training subprocess's `config` from the `[training]` settings: every knob of `TrainConfig`
+    that the settings also have, by name, so a new setting cannot be left out of the job file."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(cfg, f.name)}
 
 
 @dataclass
@@ -195,11 +203,7 @@ async def _run(app: AppContext, student: str, run_id: int, progress: Progress) -
         "dataset": str(run_dir / "dataset.jsonl"),
         "output_dir": str(out_dir),
         "init_adapter": init_adapter,
-        "config": {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r,
-                   "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "lora_targets": cfg.lora_targets, "max_seq_len": cfg.max_seq_len,
-                   "batch_tokens": cfg.batch_tokens, "min_steps": cfg.min_steps,
-                   "max_passes": cfg.max_passes, "seed": cfg.seed,
-                   "anchor_kl": cfg.anchor_kl},
+        "config": train_config(cfg),
         "preference": step.options,
         "meta": {"student": student, "run_id": run_id, "version": version, "data_hash": data_hash,
                  "lessons": [lesson["id"] for lesson in new], "parent_version": active["version"] if active else None},
