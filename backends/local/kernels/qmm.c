@@ -6,7 +6,8 @@
    (d * q + m, in fp32), so the weights are the fp32 model's own; only the order of the sums differs.
 
    Built at run time by backends/local/kernels/__init__.py (gcc -O3 -mavx2 -mfma) and called through
-   ctypes, which releases the GIL. A product is split by output columns among a small thread pool
+   ctypes, which releases the GIL. Products of several rows use 16-lane AVX-512 where the CPU has it
+   (the wide kernels below, chosen at run time). A product is split by output columns among a small thread pool
    (qmm_set_threads; use_gguf_blocks gives it OMP_NUM_THREADS, else the process's CPUs). */
 
 #include <immintrin.h>
