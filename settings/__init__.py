@@ -165,8 +165,6 @@ class TrainingSettings(_Strict):
     anchor_share: float = Field(2.0, ge=0, le=4)
     # how hard anchor tokens are held to what the student predicted before the run (KL); 0 = plain SFT on their text
     anchor_kl: float = Field(3.0, ge=0, le=100)
-    # noise on the input embeddings while training (NEFTune's alpha, e.g. 5); 0 = none
-    neftune_alpha: float = Field(0.0, ge=0, le=100)
     control_margin: float = Field(0.1, ge=0, le=1)
     keep_adapters: int = Field(5, ge=1)
     seed: int = 0

@@ -34,7 +34,6 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping; a few odd dialogues cannot blow the adapter up
     autocast: str = "auto"  # "auto", "bf16" or "off"; auto = bf16 on CUDA and on CPUs with bf16 units
     anchor_kl: float = 3.0  # weight of the pull toward the starting model on anchor tokens; 0 = plain SFT on their text
-    neftune_alpha: float = 0.0  # noise on the input embeddings while training (NEFTune); 0 = none
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -54,8 +53,8 @@ class TrainConfig:
             raise ValueError("min_steps must be 0 or more")
         if self.max_passes is not None and self.max_passes <= 0:
             raise ValueError("max_passes must be positive")
-        if self.anchor_kl < 0 or self.neftune_alpha < 0:
-            raise ValueError("anchor_kl and neftune_alpha must be 0 or more")
+        if self.anchor_kl < 0:
+            raise ValueError("anchor_kl must be 0 or more")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
         if self.lora_targets not in LORA_TARGETS:

@@ -194,7 +194,7 @@ def train(
         model.train()
         for step, (r, epoch) in enumerate(plan, 1):
             batch = batches[r]
-            loss = _row_loss(model, batch, amp, per_example, references.get(r), config.anchor_kl, config.neftune_alpha)
+            loss = _row_loss(model, batch, amp, per_example, references.get(r), config.anchor_kl)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
@@ -324,20 +324,17 @@ class _Batch:
         return self.targets.shape[0]
 
 
-def _logits(model: PeftModel, batch: _Batch, amp: torch.dtype | None, per_example: bool,
-            noise: float = 0.0) -> torch.Tensor:
-    """(n, vocab) logits at the row's learned positions, in the order of `batch.targets`; with
-    `noise` > 0, the input embeddings get NEFTune's noise (`_noisy_embeddings`)."""
+def _logits(model: PeftModel, batch: _Batch, amp: torch.dtype | None, per_example: bool) -> torch.Tensor:
+    """(n, vocab) logits at the row's learned positions, in the order of `batch.targets`."""
     if per_example:
         attention: dict[str, Any] = {"segment_lengths": batch.lengths}
     else:
         attention = {"attention_mask": block_causal_mask(batch.seq_ids, _mask_dtype(model))}
     device_type = batch.input_ids.device.type
-    inputs = {"input_ids": batch.input_ids} if noise <= 0 else {"inputs_embeds": _noisy_embeddings(model, batch, noise)}
     with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
         # logits_to_keep: the vocabulary projection (a fifth of the model's FLOPs) runs on learned positions only.
         out = model(
-            **inputs,
+            input_ids=batch.input_ids,
             position_ids=batch.position_ids,
             logits_to_keep=batch.predict,
             use_cache=False,
@@ -390,19 +387,9 @@ def _rest_logp(logp: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     return logp.scatter(-1, top, float("-inf")).logsumexp(-1)
 
 
-def _noisy_embeddings(model: PeftModel, batch: _Batch, alpha: float) -> torch.Tensor:
-    """The row's input embeddings plus uniform noise of ±alpha / sqrt(n · d) for an example of n
-    tokens and d dimensions (NEFTune, Jain et al. 2023: noise only while training, scaled per
-    example as for an unpacked batch)."""
-    embeds = model.get_input_embeddings()(batch.input_ids)
-    lengths = torch.tensor(batch.lengths, device=embeds.device)
-    scale = (alpha / torch.sqrt(lengths * embeds.shape[-1])).repeat_interleave(lengths).to(embeds.dtype)
-    return embeds + torch.empty_like(embeds).uniform_(-1, 1) * scale[None, :, None]
-
-
 def _row_loss(model: PeftModel, batch: _Batch, amp: torch.dtype | None, per_example: bool,
-              reference: _Reference | None = None, anchor_kl: float = 0.0, noise: float = 0.0) -> torch.Tensor:
-    logits = _logits(model, batch, amp, per_example, noise)
+              reference: _Reference | None = None, anchor_kl: float = 0.0) -> torch.Tensor:
+    logits = _logits(model, batch, amp, per_example)
     if reference is None or anchor_kl == 0:
         return F.cross_entropy(logits, batch.targets)
     lesson = ~batch.anchor
