@@ -267,11 +267,6 @@ def _words(text: str) -> set[str]:
     return {w.removesuffix("'s") for w in re.findall(r"[a-z0-9']+", text.lower().replace(",", ""))}
 
 
-def content_words(text: str) -> list[str]:
-    """Numbers, and words of four or more letters that are not function words, in order."""
-    return _content_words(text)
-
-
 def _content_words(text: str) -> list[str]:
     """Numbers, and words of four or more letters that are not function words."""
     return [w for w in re.findall(r"[a-z0-9']+", text.lower().replace(",", "")) if _is_content(w)]

@@ -13,7 +13,7 @@ from lessons.guards import (
     ungrounded_terms,
 )
 from lessons.prompts import SCAFFOLD, asked_question, check_question, student_question
-from trainer.dataset import about, question_examples, recall_question
+from trainer.dataset import about, question_examples
 
 NOTES = "Vellmoor is a small island town in the Quiet Sea. About 2,300 people live there. The mayor is Ada Quill."
 
@@ -152,22 +152,6 @@ def test_a_grounded_teacher_turn_that_strays_or_invents_stays_as_context_but_is_
     [conversation] = lesson_examples(db, lid)  # the check question's pair is gone with its correction
     trained = {m["content"]: m["train"] for m in conversation["messages"] if m["role"] == "assistant"}
     assert trained == {"About 2,300 people live in Vellmoor. How many people live there?": True, correction: False}
-
-
-def test_a_pair_whose_question_hands_over_the_answers_name_is_asked_a_second_time_without_it():
-    turns = [*TURNS, _turn(4, "student", "ask", "What should I remember about Ada Quill?", speaker="kid"),
-             _turn(5, "teacher", "answer", "The mayor of Vellmoor is Ada Quill, elected in 2019.")]
-    pairs = question_examples(turns, "Kid", excluded=set(), blocked=set(), topic="Vellmoor")
-    # the name must be recalled from the answer's other words, not copied from the question
-    assert [m[1]["content"] for m in pairs] == ["About Vellmoor: How many people live there?",
-                                                "About Vellmoor: What should I remember about Ada Quill?",
-                                                "About Vellmoor: mayor, elected?"]
-    assert pairs[2][2] == pairs[1][2]  # the same answer, the same turn
-    assert recall_question("Who is the mayor?", "The mayor is Ada Quill.", "Vellmoor") is None  # nothing handed over
-    assert recall_question("Tell me about Ada Quill.", "Ada Quill is the mayor, elected in 2019.", "") == "mayor, elected?"
-    assert recall_question("Who is Ada Quill?", "The mayor is Ada Quill.", "Vellmoor") is None  # one word: too few
-    assert recall_question("What about Windy Hill?", "The factory, Windy Hill, has 64 workers and two kilns.", "") == \
-        "factory, workers, kilns?"  # numbers, in figures or words, are answers too: not asked with
 
 
 def test_each_question_round_of_a_section_becomes_its_own_pair():

@@ -22,16 +22,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from lessons import panel, prompts
-from lessons.guards import (
-    MIN_SUPPORT,
-    content_words,
-    mentions,
-    names_all,
-    notes_support,
-    sentence_names,
-    ungrounded_terms,
-)
-from quiz.grading import STOPWORDS, normalise
+from lessons.guards import MIN_SUPPORT, mentions, notes_support, ungrounded_terms
 from storage import lessons as q
 from storage import votes as v
 
@@ -142,43 +133,13 @@ def question_examples(
         elif turn["role"] == "teacher" and turn["kind"] == "answer" and asked is not None:
             pairs.append((asked["content"], turn, turn["content"].strip()))
             asked = None
-    examples = []
-    for question, turn, text in pairs:
-        if turn["id"] in excluded or turn["speaker"] in blocked:
-            continue
-        answer = text or turn["content"]
-        for asked in (about(question, topic), recall_question(question, answer, topic)):
-            if asked is not None:
-                examples.append([*prompts.ask(student_name), {"role": "user", "content": asked},
-                                 {"role": "assistant", "content": answer, "train": True, "turn_id": turn["id"],
-                                  "speaker": turn["speaker"]}])
-    return examples
-
-
-RECALL_WORDS = 5
-"""How many of an answer's other words a recall question asks with."""
-
-
-def recall_question(question: str, answer: str, topic: str = "") -> str | None:
-    """A second question for a pair whose question hands over the name its answer gives ("What
-    should I remember about Wren?" → "A smaller telescope, the Wren, is used to teach students."):
-    one that asks with the answer's other words instead ("About Greyhaven Observatory: smaller,
-    telescope, used, teach, students?"), so that the name has to be recalled, not copied from the
-    question. None when the question names none of the answer's names, or the answer has too few
-    other words to ask with.
-
-    A member asks from the other side ("Which telescope do students learn on?"); a student
-    trained only on questions that name the answer learns to repeat the name it is given.
-    """
-    named = sentence_names(answer, topic)
-    if not any(names_all(question, name) for name in named):
-        return None
-    skip = {w for text in (*named, topic) for w in normalise(text)}
-    words = [w for w in dict.fromkeys(content_words(answer)) if w not in STOPWORDS
-             and not any(t.isdigit() or t in skip for t in normalise(w))]
-    if len(words) < 2:
-        return None
-    return about(", ".join(words[:RECALL_WORDS]) + "?", topic)
+    return [
+        [*prompts.ask(student_name), {"role": "user", "content": about(question, topic)},
+         {"role": "assistant", "content": text or turn["content"], "train": True, "turn_id": turn["id"],
+          "speaker": turn["speaker"]}]
+        for question, turn, text in pairs
+        if turn["id"] not in excluded and turn["speaker"] not in blocked
+    ]
 
 
 def about(question: str, topic: str) -> str:
