@@ -7,8 +7,8 @@
 
    Built at run time by backends/local/kernels/__init__.py (gcc -O3 -mavx2 -mfma) and called through
    ctypes, which releases the GIL. Products of several rows use 16-lane AVX-512 where the CPU has it
-   (the wide kernels below, chosen at run time). A product is split by output columns among a small thread pool
-   (qmm_set_threads; use_gguf_blocks gives it OMP_NUM_THREADS, else the process's CPUs). */
+   (the wide kernels below, chosen at run time). A product is split by output columns among a small
+   thread pool (qmm_set_threads; use_gguf_blocks gives it OMP_NUM_THREADS, else the process's CPUs). */
 
 #include <immintrin.h>
 #include <pthread.h>
@@ -266,14 +266,6 @@ static inline WIDE __attribute__((always_inline)) void q8_0_block16(const int8_t
     __m512 dv = _mm512_set1_ps(d);
     w[0] = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(raw))));
     w[1] = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(raw, 1))));
-}
-
-/* Block b of column n as two 16-lane vectors; kind 0 Q4_1, 1 Q8_0. */
-static inline WIDE __attribute__((always_inline)) void block16(int kind, const uint8_t *q, const float *d,
-                                                                const float *m, int64_t n, int64_t B, int64_t b,
-                                                                __m512 w[2]) {
-    if (kind == 0) q4_1_block16(q + b * 16, d[n * B + b], m[n * B + b], w);
-    else q8_0_block16((const int8_t *)q + b * 32, d[n * B + b], w);
 }
 
 /* out[r, n] for R (2..8) rows and columns n0..n1, blocks rebuilt in registers; kind 0 Q4_1, 1 Q8_0.
