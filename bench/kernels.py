@@ -4,8 +4,12 @@ Builds this checkout's qmm.c and the one at git revision REV into a temporary di
 one process and alternating, times every product of one decode step of the bundled model's shape
 (30 layers of 7 Q4_1 projections and the Q8_0 output head, each its own random blocks, 96 MB in
 all as in the model) at each row count, and checks that both libraries give the same bits.
+With --int8 this checkout's library rounds the activations to 8 bits (qmm_set_int8), and the
+last column gives the largest difference from the other library's outputs, relative to the
+largest output, instead.
 
     .venv/bin/python bench/kernels.py --against 1785d03~2 --rows 4,8,16,37,296 --threads 2
+    .venv/bin/python bench/kernels.py --against HEAD --int8 --rows 1,8,296 --threads 2
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def main() -> None:
     ap.add_argument("--rows", default="1,4,8,16,37,296")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--int8", action="store_true", help="8-bit activations in this checkout's library")
     args = ap.parse_args()
     old_source = subprocess.run(["git", "show", f"{args.against}:{SOURCE}"], cwd=REPO, check=True, capture_output=True,
                                 text=True).stdout
@@ -81,11 +86,19 @@ def main() -> None:
         libs = {"old": build(old_source, Path(tmp) / "old.so"), "new": build((REPO / SOURCE).read_text(), Path(tmp) / "new.so")}
         for lib in libs.values():
             lib.qmm_set_threads(args.threads)
-        print(f"| rows | {args.against} | this checkout | speed-up | same bits |\n|---|---|---|---|---|")
+            if hasattr(lib, "qmm_set_int8"):
+                lib.qmm_set_int8(0)
+        if args.int8 and libs["new"].qmm_set_int8(1) != 1:
+            sys.exit("this CPU has no AVX-512 VNNI: no 8-bit activations")
+        last = "largest difference" if args.int8 else "same bits"
+        print(f"| rows | {args.against} | this checkout | speed-up | {last} |\n|---|---|---|---|---|")
         for rows in (int(r) for r in args.rows.split(",")):
             x = {k: rng.standard_normal((rows, k)).astype(np.float32) for k in (576, 1536)}
-            same = all(np.array_equal(a, b) for a, b in zip(step(libs["old"], ws, x, rows), step(libs["new"], ws, x, rows),
-                                                             strict=True))
+            pairs = list(zip(step(libs["old"], ws, x, rows), step(libs["new"], ws, x, rows), strict=True))
+            if args.int8:
+                same = f"{max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in pairs):.1e}"
+            else:
+                same = all(np.array_equal(a, b) for a, b in pairs)
             best = {"old": float("inf"), "new": float("inf")}
             for _ in range(max(1, args.repeats if rows <= 64 else args.repeats // 5)):
                 for name, lib in libs.items():

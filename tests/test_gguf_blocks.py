@@ -19,7 +19,7 @@ from backends.base import BackendError, GenParams, Message
 from backends.bundled import bundled_gguf_path, resolve_model_dir
 from backends.local import LocalBackend, LocalModelHost
 from backends.local.gguf_weights import BlockLinear, Blocks
-from backends.local.kernels import KernelsUnavailable, cpu_supported, load
+from backends.local.kernels import KernelsUnavailable, _declare, cpu_supported, load
 from backends.local.pool import HostPool
 from settings import BUNDLED_MODEL, ModelSpec
 from tests.conftest import REPO
@@ -55,15 +55,55 @@ def wide_cpu() -> bool:
     return "avx512f" in Path("/proc/cpuinfo").read_text().split()
 
 
+def vnni_cpu() -> bool:
+    return {"avx512f", "avx512bw", "avx512_vnni"} <= set(Path("/proc/cpuinfo").read_text().split())
+
+
 @pytest.fixture(params=[False, pytest.param(True, marks=pytest.mark.skipif(not wide_cpu(), reason="no AVX-512F"))],
                 ids=["8-lane", "wide"])
 def kernels(request, model_cache_dir):
     """The kernels' library with its 16-lane AVX-512 products on or off (as the loader left them, afterwards)."""
     lib = load(model_cache_dir.parent / "kernels")
-    before = lib.qmm_set_wide(-1)
+    before, before_int8 = lib.qmm_set_wide(-1), lib.qmm_set_int8(0)  # fp32 activations: these tests check fp32's sums
     assert lib.qmm_set_wide(int(request.param)) == int(request.param)
     yield lib
     lib.qmm_set_wide(before)
+    lib.qmm_set_int8(before_int8)
+
+
+@pytest.fixture
+def int8_kernels(model_cache_dir):
+    """The kernels' library with 8-bit activations on (as the loader left them, afterwards)."""
+    if not vnni_cpu():
+        pytest.skip("no AVX-512 VNNI")
+    lib = load(model_cache_dir.parent / "kernels")
+    before = lib.qmm_set_int8(1)
+    assert lib.qmm_set_int8(-1) == 1
+    yield lib
+    lib.qmm_set_int8(before)
+
+
+def rounded_product(x: np.ndarray, blocks: Blocks) -> np.ndarray:
+    """What the 8-bit kernels compute, in numpy: each row's activations rounded to 8 bits per block of 32
+    (scale max|x| / 127), each block's integer sum exact, then d * dx * sum(q * xq) (+ m * dx * sum(xq)) in fp32."""
+    rows, k = x.shape
+    n, nb = blocks.out_features, k // 32
+    xb = x.reshape(rows, nb, 32)
+    amax = np.abs(xb).max(-1)
+    dx = amax / np.float32(127)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    xq = np.rint(xb * inv[..., None]).astype(np.int64)
+    sx = dx * xq.sum(-1).astype(np.float32)
+    q = blocks.q.numpy().reshape(n, nb, -1).astype(np.int64)
+    if blocks.kind == "Q4_1":
+        q = np.concatenate([q & 15, q >> 4], -1)
+    sums = np.einsum("rbk,nbk->rnb", xq, q).astype(np.float64)
+    d, acc = blocks.d.numpy(), np.zeros((rows, n), np.float32)
+    for b in range(nb):
+        acc = (sums[:, :, b] * (d[None, :, b] * dx[:, None, b]) + acc).astype(np.float32)  # one rounding: an FMA
+        if blocks.m is not None:
+            acc = (blocks.m.numpy()[None, :, b].astype(np.float64) * sx[:, None, b] + acc).astype(np.float32)
+    return acc
 
 
 def test_the_loader_turns_the_wide_kernels_on_where_the_cpu_has_them_unless_switched_off(model_cache_dir, tmp_path,
@@ -119,6 +159,48 @@ def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(make, kernel
     torch.testing.assert_close(alone, F.linear(x, weight), rtol=1e-5, atol=1e-5)
     assert torch.equal(pooled, alone)
     assert all(torch.equal(out, alone) for outs in together for out in outs)
+
+
+@pytest.mark.parametrize("make", [q4_1, q8_0])
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 40])
+def test_8_bit_activations_give_the_weights_product_with_each_row_rounded_to_8_bits(make, rows, int8_kernels):
+    blocks, weight = make(98, 160, seed=rows)  # 98 columns: the last group of 16 is cut short
+    layer = BlockLinear(blocks, int8_kernels, torch.empty(0))
+    x = torch.randn(rows, 160) * torch.linspace(0.01, 10, 160)  # blocks of very different scales
+    got = layer(x)
+    torch.testing.assert_close(got, torch.from_numpy(rounded_product(x.numpy(), blocks)), rtol=1e-6, atol=1e-6)
+    exact = x.double() @ weight.double().T
+    off = ((got.double() - exact).abs().max() / exact.abs().max()).item()
+    assert 0 < off < 0.02  # rounded, so not fp32's sums, but close to them
+
+
+@pytest.mark.parametrize("make", [q4_1, q8_0])
+def test_with_8_bit_activations_a_rows_result_does_not_depend_on_its_batch_or_the_threads(make, int8_kernels):
+    blocks, _ = make(1001, 320, seed=3)  # chunks are whole groups of 16 columns: the last one is cut short
+    lib = int8_kernels
+    layer = BlockLinear(blocks, lib, torch.empty(0))
+    x = torch.randn(40, 320)
+    try:
+        assert lib.qmm_set_threads(1) == 1
+        together = layer(x)
+        for part in (slice(0, 8), slice(0, 7), slice(0, 1), slice(8, 9), slice(9, 40)):
+            assert torch.equal(layer(x[part]), together[part])
+        assert lib.qmm_set_threads(3) == 3
+        assert torch.equal(layer(x), together)
+        with ThreadPoolExecutor(2) as ex:  # one caller gets the pool, the other computes alone
+            outs = list(ex.map(lambda _: [layer(x[:8]) for _ in range(20)], range(2)))
+    finally:
+        lib.qmm_set_threads(torch.get_num_threads())
+    assert all(torch.equal(out, together[:8]) for each in outs for out in each)
+
+
+def test_the_loader_rounds_activations_to_8_bits_only_when_switched_on(model_cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSROOM_INT8", "1")  # read when a library is loaded: a fresh build here
+    lib = load(tmp_path / "kernels")
+    assert lib.qmm_set_int8(-1) == int(vnni_cpu())
+    monkeypatch.setenv("CLASSROOM_INT8", "0")
+    _declare(lib)  # what loading it with the switch off does
+    assert lib.qmm_set_int8(-1) == 0
 
 
 def host(model_dir: str, dtype: str, kernel_dir: Path, **kw) -> LocalModelHost:

@@ -149,7 +149,18 @@ class LeanStep:
         return out
 
     def disagreement(self, model: Any) -> str | None:
-        """None when one step of `model` computed here agrees with transformers' forward, else how it differs."""
+        """None when one step of `model` computed here agrees with transformers' forward, else how it differs.
+
+        Both sides' products keep fp32 activations here: with 8-bit activations on, the last-bit
+        differences the check allows (attention's sums, in another order) can round an activation the
+        other way, and the logits then differ by more than an implementation that is right."""
+        held = self.lib.qmm_hold_int8_off(1)
+        try:
+            return self._disagreement(model)
+        finally:
+            self.lib.qmm_hold_int8_off(held)
+
+    def _disagreement(self, model: Any) -> str | None:
         vocab = model.config.vocab_size
         ids = (torch.arange(5, dtype=torch.long) * 7919 % vocab).view(1, 5)
         mask, positions = torch.ones(1, 5, dtype=torch.long), torch.tensor([[4]])

@@ -23,6 +23,8 @@ HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources: part
 FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
 WIDE_SWITCH = "CLASSROOM_AVX512"
 """Set to 0 to keep the 8-lane kernels on a CPU with AVX-512 (to compare, or to rule the wide ones out)."""
+INT8_SWITCH = "CLASSROOM_INT8"
+"""Set to 1 to round activations to 8 bits (AVX-512 VNNI CPUs only): faster, and answers can differ."""
 _lock = threading.Lock()
 _loaded: dict[Path, ctypes.CDLL] = {}
 
@@ -91,6 +93,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         lib.qmm_set_wide.argtypes = [ctypes.c_int]
         lib.qmm_set_wide.restype = ctypes.c_int
         lib.qmm_set_wide(os.environ.get(WIDE_SWITCH, "").strip() != "0")
+    if hasattr(lib, "qmm_set_int8"):
+        lib.qmm_set_int8.argtypes = [ctypes.c_int]
+        lib.qmm_set_int8.restype = ctypes.c_int
+        lib.qmm_set_int8(os.environ.get(INT8_SWITCH, "").strip() == "1")
+        lib.qmm_hold_int8_off.argtypes = [ctypes.c_int]
+        lib.qmm_hold_int8_off.restype = ctypes.c_int
     for fn in (lib.q4_1_mm, lib.q8_0_mm, lib.q4_1_dequant, lib.q8_0_dequant):
         fn.restype = None
     if hasattr(lib, "attend_decode"):  # bench/kernels.py also loads builds of qmm.c alone

@@ -342,6 +342,201 @@ int qmm_set_wide(int on) {
     return wide_kernels;
 }
 
+/* 8-bit activations on AVX-512 VNNI (chosen at run time, qmm_set_int8), as llama.cpp computes on
+   CPUs. Each row's activations are rounded to 8 bits per block of 32 (x ~ dx * xq, xq in -127..127,
+   dx = max|x| / 127), and a block's 32 products are summed exactly in integers by vpdpbusd (64
+   multiply-adds an instruction, against 16 for an fp32 FMA): a Q4_1 block gives
+   d * dx * sum(q * xq) + m * dx * sum(xq), a Q8_0 block d * dx * sum(q * xq). So the product is the
+   fp32 weights' product with the rounded activations: answers can differ from the fp32 kernels'.
+
+   Sixteen columns are packed at a time, block by block, into a per-thread buffer in the order
+   vpdpbusd takes them (for each 4 of a block's 32 weights, those 4 of each of the 16 columns),
+   with the 16 columns' d and m beside them; then every row, 8 at a time, is multiplied by the
+   packed columns, each of a block's 4-weight groups broadcast from the row's 8-bit activations.
+   Lanes are columns, and each (row, column) adds its blocks in order with the same operations
+   whatever the number of rows, so a row's result does not depend on its batch or on the path. */
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define PACKED_BLOCK 640 /* bytes a packed block of 16 columns takes: 8 x 64 weights, d, m (or Q8_0's correction) */
+static int int8_kernels;            /* set by qmm_set_int8 */
+static __thread int int8_held_off;  /* set by qmm_hold_int8_off: this thread's products keep fp32 activations */
+
+static __thread uint8_t *packed_buf;
+static __thread int64_t packed_cap;
+
+static uint8_t *packed_buffer(int64_t bytes) {
+    if (bytes > packed_cap) {
+        free(packed_buf);
+        packed_buf = aligned_alloc(64, (size_t)bytes);
+        packed_cap = packed_buf ? bytes : 0;
+    }
+    return packed_buf;
+}
+
+/* Use 8-bit activations (on > 0) where this CPU has AVX-512 VNNI and BW, or not (on == 0); returns
+   whether they are in use (on < 0: only that). */
+int qmm_set_int8(int on) {
+    if (on >= 0)
+        int8_kernels = on && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                       __builtin_cpu_supports("avx512vnni");
+    return int8_kernels;
+}
+
+/* Keep fp32 activations for this thread's products (off != 0) or follow qmm_set_int8 again (off == 0);
+   returns the previous hold. For checks that compare two computations of the same fp32 sums (the lean
+   decode step against transformers' forward), which rounding to 8 bits would tell apart by chance. */
+int qmm_hold_int8_off(int off) {
+    int was = int8_held_off;
+    int8_held_off = off != 0;
+    return was;
+}
+
+/* Rows' activations x [M, K] as 8 bits a value: xq (and xu = xq + 128 as unsigned, for Q8_0 weights,
+   when u is not NULL), and per block of 32 the scale dx and dx * sum(xq). */
+static VNNI void quantize_rows(const float *x, int64_t M, int64_t K, int8_t *q, uint8_t *u, float *dx, float *sx) {
+    const int64_t B = K / 32;
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t b = 0; b < B; b++) {
+            const float *v = x + r * K + b * 32;
+            __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+            float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            float d = amax / 127.0f;
+            __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+            __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)), i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+            __m128i b0 = _mm512_cvtsepi32_epi8(i0), b1 = _mm512_cvtsepi32_epi8(i1);
+            int8_t *o = q + r * K + b * 32;
+            _mm_storeu_si128((__m128i *)o, b0);
+            _mm_storeu_si128((__m128i *)(o + 16), b1);
+            if (u) {
+                const __m128i flip = _mm_set1_epi8((char)0x80);
+                _mm_storeu_si128((__m128i *)(u + r * K + b * 32), _mm_xor_si128(b0, flip));
+                _mm_storeu_si128((__m128i *)(u + r * K + b * 32 + 16), _mm_xor_si128(b1, flip));
+            }
+            dx[r * B + b] = d;
+            sx[r * B + b] = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+        }
+}
+
+/* 4x4 transposes of 32-bit words within each 128-bit lane: t[g] lane L = word g of a[0..3]'s lane L. */
+static inline VNNI __attribute__((always_inline)) void transpose4(const __m512i a[4], __m512i t[4]) {
+    __m512i t0 = _mm512_unpacklo_epi32(a[0], a[1]), t1 = _mm512_unpackhi_epi32(a[0], a[1]);
+    __m512i t2 = _mm512_unpacklo_epi32(a[2], a[3]), t3 = _mm512_unpackhi_epi32(a[2], a[3]);
+    t[0] = _mm512_unpacklo_epi64(t0, t2);
+    t[1] = _mm512_unpackhi_epi64(t0, t2);
+    t[2] = _mm512_unpacklo_epi64(t1, t3);
+    t[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* a[j] lane L = the 16 bytes at col[j + 4 L] + offset: after transpose4, word i of t[g] is word g of column i. */
+static inline VNNI __attribute__((always_inline)) void gather16(const uint8_t *const col[16], int64_t offset, __m512i a[4]) {
+    for (int j = 0; j < 4; j++) {
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(col[j] + offset)));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(col[j + 4] + offset)), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(col[j + 8] + offset)), 2);
+        a[j] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(col[j + 12] + offset)), 3);
+    }
+}
+
+/* Columns n..n+nc (nc <= 16; missing ones repeat the last) of a Q4_1 (kind 0) or Q8_0 (kind 1)
+   weight, packed block by block into buf. The next 16 columns (when `ahead`) are fetched meanwhile:
+   16 columns are one run of memory, but read 16 bytes a column at a time it is 16 streams. */
+static VNNI void pack16(int kind, const void *qs, const float *d, const float *m, int64_t K, int64_t n, int nc,
+                        int ahead, uint8_t *buf) {
+    const int64_t B = K / 32, stride = kind == 0 ? K / 2 : K;
+    const uint8_t *col[16];
+    int idx[16];
+    for (int i = 0; i < 16; i++) {
+        int c = i < nc ? i : nc - 1;
+        col[i] = (const uint8_t *)qs + (n + c) * stride;
+        idx[i] = c * (int)B;
+    }
+    const __m512i where = _mm512_loadu_si512(idx), nibble = _mm512_set1_epi8(0x0F);
+    const char *next_q = (const char *)qs + (n + 16) * stride, *next_d = (const char *)(d + (n + 16) * B),
+               *next_m = m ? (const char *)(m + (n + 16) * B) : NULL;
+    for (int64_t b = 0; b < B; b++) {
+        uint8_t *o = buf + b * PACKED_BLOCK;
+        __m512i a[4], t[4];
+        if (ahead) { /* block b's share of the next 16 columns: 16 * stride / B bytes of q, 64 of d and of m */
+            for (int64_t i = 0; i < 16 * stride / B; i += 64) _mm_prefetch(next_q + b * (16 * stride / B) + i, _MM_HINT_T0);
+            _mm_prefetch(next_d + b * 64, _MM_HINT_T0);
+            if (next_m) _mm_prefetch(next_m + b * 64, _MM_HINT_T0);
+        }
+        if (kind == 0) {
+            gather16(col, b * 16, a); /* bytes 4g..4g+3 hold elements 4g.. (low nibbles) and 16+4g.. (high) */
+            transpose4(a, t);
+            for (int g = 0; g < 4; g++) {
+                _mm512_store_si512(o + g * 64, _mm512_and_si512(t[g], nibble));
+                _mm512_store_si512(o + (g + 4) * 64, _mm512_and_si512(_mm512_srli_epi16(t[g], 4), nibble));
+            }
+            _mm512_store_ps(o + 576, _mm512_i32gather_ps(where, m + n * B + b, 4));
+        } else {
+            __m512i c = _mm512_setzero_si512();
+            const __m512i bias = _mm512_set1_epi8((char)0x80);
+            for (int half = 0; half < 2; half++) {
+                gather16(col, b * 32 + half * 16, a);
+                transpose4(a, t);
+                for (int g = 0; g < 4; g++) {
+                    _mm512_store_si512(o + (half * 4 + g) * 64, t[g]);
+                    c = _mm512_dpbusd_epi32(c, bias, t[g]); /* 128 * sum(q): what xu = xq + 128 adds */
+                }
+            }
+            _mm512_store_si512(o + 576, c);
+        }
+        _mm512_store_ps(o + 512, _mm512_i32gather_ps(where, d + n * B + b, 4));
+    }
+}
+
+/* out[r, n..n+nc] for R (1..8) rows r0.. of the job, from 16 packed columns. */
+typedef struct {
+    const int8_t *q;
+    const uint8_t *u;
+    const float *dx, *sx;
+} Int8Rows;
+
+static inline VNNI __attribute__((always_inline)) void int8_rows(int kind, int R, const Int8Rows *x, int64_t r0,
+                                                                  int64_t K, const uint8_t *buf, int64_t n, int nc,
+                                                                  int64_t N, float *out) {
+    const int64_t B = K / 32;
+    __m512 acc[8];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < B; b++) {
+        const uint8_t *blk = buf + b * PACKED_BLOCK;
+        __m512i s[8];
+        for (int r = 0; r < R; r++) s[r] = _mm512_setzero_si512();
+        for (int g = 0; g < 8; g++) {
+            __m512i w = _mm512_load_si512(blk + g * 64);
+            for (int r = 0; r < R; r++) {
+                int32_t four;
+                if (kind == 0) {
+                    __builtin_memcpy(&four, x->q + (r0 + r) * K + b * 32 + g * 4, 4);
+                    s[r] = _mm512_dpbusd_epi32(s[r], w, _mm512_set1_epi32(four));
+                } else {
+                    __builtin_memcpy(&four, x->u + (r0 + r) * K + b * 32 + g * 4, 4);
+                    s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32(four), w);
+                }
+            }
+        }
+        __m512 dw = _mm512_load_ps(blk + 512);
+        for (int r = 0; r < R; r++) {
+            int64_t at = (r0 + r) * B + b;
+            if (kind == 1) s[r] = _mm512_sub_epi32(s[r], _mm512_load_si512(blk + 576));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_mul_ps(dw, _mm512_set1_ps(x->dx[at])), acc[r]);
+            if (kind == 0) acc[r] = _mm512_fmadd_ps(_mm512_load_ps(blk + 576), _mm512_set1_ps(x->sx[at]), acc[r]);
+        }
+    }
+    __mmask16 keep = (__mmask16)((1u << nc) - 1);
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(out + (r0 + r) * N + n, keep, acc[r]);
+}
+
+#define INT8_CASE(kind, r) case r: int8_rows(kind, r, x, r0, K, buf, n, nc, N, out); break;
+static VNNI void int8_rows_any(int kind, int64_t R, const Int8Rows *x, int64_t r0, int64_t K, const uint8_t *buf,
+                               int64_t n, int nc, int64_t N, float *out) {
+    if (kind == 0) {
+        switch (R) { INT8_CASE(0, 1) INT8_CASE(0, 2) INT8_CASE(0, 3) INT8_CASE(0, 4) INT8_CASE(0, 5) INT8_CASE(0, 6) INT8_CASE(0, 7) INT8_CASE(0, 8) }
+    } else {
+        switch (R) { INT8_CASE(1, 1) INT8_CASE(1, 2) INT8_CASE(1, 3) INT8_CASE(1, 4) INT8_CASE(1, 5) INT8_CASE(1, 6) INT8_CASE(1, 7) INT8_CASE(1, 8) }
+    }
+}
+
 /* One product, split by output columns among the pool's threads; or (kind 2) any work split into
    N units, computed by fn(ctx, u0, u1) for units u0..u1 (qmm_parallel). */
 typedef struct {
@@ -355,6 +550,7 @@ typedef struct {
     void (*fn)(const void *ctx, int64_t u0, int64_t u1);
     const void *ctx;
     int64_t work; /* multiply-adds in all: whether the pool is worth waking */
+    Int8Rows int8; /* the rows as 8 bits (int8.q set) when the product uses 8-bit activations */
 } Job;
 
 /* Rows 0..R of `job` (R >= 2) for columns n0..n1, panel by panel. Returns 0 if no buffer. */
@@ -377,6 +573,20 @@ static int panel_columns(const Job *job, int64_t R, int64_t n0, int64_t n1) {
     return 1;
 }
 
+/* Columns n0..n1 of `job` for all its rows, with 8-bit activations, 16 columns at a time. Returns 0 if no buffer. */
+static int int8_columns(const Job *job, int64_t n0, int64_t n1) {
+    const int64_t M = job->M, K = job->K, N = job->N;
+    uint8_t *buf = packed_buffer(K / 32 * PACKED_BLOCK);
+    if (!buf) return 0;
+    for (int64_t n = n0; n < n1; n += 16) {
+        int nc = n1 - n < 16 ? (int)(n1 - n) : 16;
+        pack16(job->kind, job->qs, job->d, job->m, K, n, nc, n + 16 < n1, buf);
+        for (int64_t r0 = 0; r0 < M; r0 += 8)
+            int8_rows_any(job->kind, M - r0 < 8 ? M - r0 : 8, &job->int8, r0, K, buf, n, nc, N, job->out);
+    }
+    return 1;
+}
+
 /* Columns n0..n1 of `job` for all its rows. Up to 8 rows (a decode step) rebuild each block in
    registers for all of them, which measured faster there; more rows (a prompt) go through panels,
    1.4-1.8 times faster at 37 and 296 rows. Rows are counted in groups of 8 either way, and a last
@@ -386,6 +596,7 @@ static void job_columns(const Job *job, int64_t n0, int64_t n1) {
         job->fn(job->ctx, n0, n1);
         return;
     }
+    if (job->int8.q && int8_columns(job, n0, n1)) return;
     const int64_t M = job->M, K = job->K, N = job->N;
     int64_t multi = M % 8 == 1 ? M - 1 : M, r0 = 0;
     if (multi > 8 && panel_columns(job, multi, n0, n1)) r0 = multi;
@@ -527,7 +738,8 @@ static void run_job(const Job *job) {
         job_columns(job, 0, job->N);
         return;
     }
-    const int64_t align = job->kind == 2 ? 1 : 8; /* products: whole groups of 8 columns */
+    /* products: whole groups of 8 columns (16 with 8-bit activations, which pack 16 at a time) */
+    const int64_t align = job->kind == 2 ? 1 : job->int8.q ? 16 : 8;
     int64_t groups = (job->N + align - 1) / align, want = (int64_t)pool_active * CHUNKS_PER_THREAD;
     pool_chunk = (groups + want - 1) / want * align;
     pool_chunks = (job->N + pool_chunk - 1) / pool_chunk;
@@ -557,14 +769,38 @@ static void run_job(const Job *job) {
     pthread_mutex_unlock(&pool_busy);
 }
 
+/* With 8-bit activations on, the job's rows rounded to 8 bits (by the calling thread, into its own
+   buffer, which the pool's threads read while the caller waits for them). */
+static __thread uint8_t *rows_buf;
+static __thread int64_t rows_cap;
+
+static void quantize_job(Job *job) {
+    if (!int8_kernels || int8_held_off) return;
+    const int64_t M = job->M, K = job->K, B = K / 32;
+    const int64_t bytes = M * K * (job->kind == 1 ? 2 : 1), need = bytes + 2 * M * B * (int64_t)sizeof(float);
+    if (need > rows_cap) {
+        free(rows_buf);
+        rows_buf = aligned_alloc(64, (size_t)(need + 63) / 64 * 64);
+        rows_cap = rows_buf ? need : 0;
+    }
+    if (!rows_buf) return; /* the fp32 kernels then */
+    int8_t *q = (int8_t *)rows_buf;
+    uint8_t *u = job->kind == 1 ? rows_buf + M * K : NULL;
+    float *dx = (float *)(rows_buf + bytes), *sx = dx + M * B;
+    quantize_rows(job->x, M, K, q, u, dx, sx);
+    job->int8 = (Int8Rows){q, u, dx, sx};
+}
+
 /* Entry points: x [M, K] row-major fp32, out [M, N]. */
 void q4_1_mm(const float *x, int64_t M, int64_t K, const uint8_t *qs, const float *d, const float *m, int64_t N, float *out) {
-    Job job = {0, x, M, K, qs, d, m, N, out, NULL, NULL, M * K * N};
+    Job job = {0, x, M, K, qs, d, m, N, out, NULL, NULL, M * K * N, {0}};
+    quantize_job(&job);
     run_job(&job);
 }
 
 void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float *d, int64_t N, float *out) {
-    Job job = {1, x, M, K, qs, d, NULL, N, out, NULL, NULL, M * K * N};
+    Job job = {1, x, M, K, qs, d, NULL, N, out, NULL, NULL, M * K * N, {0}};
+    quantize_job(&job);
     run_job(&job);
 }
 
@@ -572,7 +808,7 @@ void q8_0_mm(const float *x, int64_t M, int64_t K, const int8_t *qs, const float
    u0..u1 of `units`, in any order and on any thread; `work` (multiply-adds) decides whether the
    pool is worth waking. */
 void qmm_parallel(void (*fn)(const void *ctx, int64_t u0, int64_t u1), const void *ctx, int64_t units, int64_t work) {
-    Job job = {2, NULL, 0, 0, NULL, NULL, NULL, units, NULL, fn, ctx, work};
+    Job job = {2, NULL, 0, 0, NULL, NULL, NULL, units, NULL, fn, ctx, work, {0}};
     run_job(&job);
 }
 
