@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from backends.base import GenParams, Message
 from backends.local import LocalBackend, LocalModelHost, lean_step
-from backends.local.batching import DecodeBatch, GenRequest, best_tokens
+from backends.local.batching import DecodeBatch, GenRequest, best_tokens, penalised_best
+from backends.local.generation import ReplyRepetitionPenalty
 from backends.local.kernels import cpu_supported, load
 from backends.local.lean_step import LeanStep
 from settings import ModelSpec
@@ -120,6 +121,19 @@ def test_best_tokens_picks_the_first_of_equal_scores_as_torch_does():
     scores = torch.tensor([[0.0, 3.0, 3.0, 1.0], [5.0, -1.0, 5.0, 5.0], [-2.0, -1.0, float("-inf"), -1.0]])
     assert best_tokens(scores) == scores.argmax(dim=-1).tolist() == [1, 0, 1]
     assert best_tokens(scores[2:].to(torch.bfloat16)) == [1]
+
+
+@pytest.mark.parametrize("penalty", [1.1, 1.3, 0.9])
+def test_the_penalty_in_numpy_picks_the_token_the_penalty_processor_does(penalty):
+    gen = torch.Generator().manual_seed(int(penalty * 10))
+    for trial in range(50):
+        scores = (torch.randn(1, 500, generator=gen) * 4).round()  # whole numbers: ties and zeros are common
+        reply = torch.randint(0, 500, (1, trial % 7 * 30), generator=gen)  # repeats, and once no reply at all
+        want = best_tokens(ReplyRepetitionPenalty(penalty, 3)(torch.cat([torch.zeros(1, 3, dtype=torch.long), reply], 1),
+                                                               scores))
+        assert penalised_best(scores[0].numpy(), reply[0].tolist(), penalty) == want[0]
+    scores = torch.tensor([[1.0, 5.0, 4.9, -3.0]])  # 5.0 said already: 5 / 1.1 < 4.9
+    assert penalised_best(scores[0].numpy(), [1, 1], 1.1) == 2 and best_tokens(scores) == [1]
 
 
 def decode(host: LocalModelHost, lean: LeanStep | None, prompts, steps: int, adapters=None) -> list[list[int]]:

@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache, LogitsProcessorList
 from transformers.cache_utils import DynamicLayer
@@ -261,8 +262,12 @@ class DecodeBatch:
                     **extra,
                 ).logits[:, -1, :]
             chosen = best_tokens(logits)
+            scores = logits.float().numpy() if logits.device.type == "cpu" else None
             for i, row in enumerate(self.rows):
-                if row.processors:
+                penalty = _penalty_only(row.processors)
+                if penalty is not None and scores is not None:
+                    chosen[i] = penalised_best(scores[i], row.ids, penalty)
+                elif row.processors:
                     generated = torch.tensor([row.ids], dtype=torch.long, device=device)
                     seen = torch.cat([row.prompt, generated], dim=1)
                     chosen[i] = best_tokens(row.processors(seen, logits[i : i + 1].float()))[0]
@@ -335,6 +340,28 @@ class DecodeBatch:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
         self.rows = [self.rows[i] for i in keep]
+
+
+def _penalty_only(processors: LogitsProcessorList) -> float | None:
+    """The penalty when a row's only processor is the reply repetition penalty (greedy with a penalty), else None."""
+    if len(processors) == 1 and type(processors[0]) is ReplyRepetitionPenalty:
+        return processors[0].penalty
+    return None
+
+
+def penalised_best(scores: np.ndarray, reply: list[int], penalty: float) -> int:
+    """best_tokens of ReplyRepetitionPenalty(penalty) applied to one row's fp32 scores [vocab], given
+    the reply's ids so far, bit for bit, in numpy: the torch path (a tensor of the ids, gather,
+    where, scatter, argmax) took ~0.13 ms a row and step, a tenth of an eight-row step's time
+    outside the model."""
+    if not reply:
+        return int(scores.argmax())
+    ids = np.asarray(reply, dtype=np.int64)
+    seen = scores[ids]
+    p = np.float32(penalty)
+    out = scores.copy()
+    out[ids] = np.where(seen < 0, seen * p, seen / p)
+    return int(out.argmax())
 
 
 def best_tokens(scores: torch.Tensor) -> list[int]:
