@@ -143,22 +143,26 @@ def test_a_rows_product_is_bit_for_bit_the_same_whichever_path_computes_it(make,
 def test_products_are_bit_for_bit_the_same_on_any_number_of_threads(make, kernels):
     # 1001 output columns: chunks are whole groups of 8 columns, so the last one is cut short
     blocks, weight = make(1001, 320, seed=5)
-    lib = kernels
-    layer = BlockLinear(blocks, lib, torch.empty(0))
     x = torch.randn(8, 320)
+    alone, pooled, together = on_one_and_three_threads_and_two_callers(kernels, BlockLinear(blocks, kernels, torch.empty(0)), x)
+    torch.testing.assert_close(alone, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert torch.equal(pooled, alone)
+    assert all(torch.equal(out, alone) for out in together)
+
+
+def on_one_and_three_threads_and_two_callers(lib, layer: BlockLinear, x: torch.Tensor):
+    """layer(x) on one kernel thread, on three, and 20 times from each of two callers at once (one
+    gets the pool, the other computes its product by itself)."""
     try:
         assert lib.qmm_set_threads(1) == 1
         alone = layer(x)
         assert lib.qmm_set_threads(3) == 3
         pooled = layer(x)
-        # two callers at once: one gets the pool, the other computes its product by itself
         with ThreadPoolExecutor(2) as ex:
-            together = list(ex.map(lambda _: [layer(x) for _ in range(20)], range(2)))
+            together = [out for outs in ex.map(lambda _: [layer(x) for _ in range(20)], range(2)) for out in outs]
     finally:
         lib.qmm_set_threads(torch.get_num_threads())
-    torch.testing.assert_close(alone, F.linear(x, weight), rtol=1e-5, atol=1e-5)
-    assert torch.equal(pooled, alone)
-    assert all(torch.equal(out, alone) for outs in together for out in outs)
+    return alone, pooled, together
 
 
 @pytest.mark.parametrize("make", [q4_1, q8_0])
@@ -177,21 +181,29 @@ def test_8_bit_activations_give_the_weights_product_with_each_row_rounded_to_8_b
 @pytest.mark.parametrize("make", [q4_1, q8_0])
 def test_with_8_bit_activations_a_rows_result_does_not_depend_on_its_batch_or_the_threads(make, int8_kernels):
     blocks, _ = make(1001, 320, seed=3)  # chunks are whole groups of 16 columns: the last one is cut short
-    lib = int8_kernels
-    layer = BlockLinear(blocks, lib, torch.empty(0))
+    layer = BlockLinear(blocks, int8_kernels, torch.empty(0))
     x = torch.randn(40, 320)
+    alone, pooled, together = on_one_and_three_threads_and_two_callers(int8_kernels, layer, x)
+    assert torch.equal(pooled, alone) and all(torch.equal(out, alone) for out in together)
+    for part in (slice(0, 8), slice(0, 7), slice(0, 1), slice(8, 9), slice(9, 40)):
+        assert torch.equal(layer(x[part]), alone[part])
+
+
+def test_a_thread_can_hold_8_bit_activations_off_for_its_own_products(int8_kernels):
+    """What the lean step's load-time check does, while other threads' products stay rounded."""
+    blocks, weight = q4_1(98, 160, seed=1)
+    layer = BlockLinear(blocks, int8_kernels, torch.empty(0))
+    x = torch.randn(8, 160)
+    rounded = layer(x)
+    held = int8_kernels.qmm_hold_int8_off(1)
     try:
-        assert lib.qmm_set_threads(1) == 1
-        together = layer(x)
-        for part in (slice(0, 8), slice(0, 7), slice(0, 1), slice(8, 9), slice(9, 40)):
-            assert torch.equal(layer(x[part]), together[part])
-        assert lib.qmm_set_threads(3) == 3
-        assert torch.equal(layer(x), together)
-        with ThreadPoolExecutor(2) as ex:  # one caller gets the pool, the other computes alone
-            outs = list(ex.map(lambda _: [layer(x[:8]) for _ in range(20)], range(2)))
+        fp32 = layer(x)
+        with ThreadPoolExecutor(1) as ex:
+            elsewhere = ex.submit(layer, x).result()
     finally:
-        lib.qmm_set_threads(torch.get_num_threads())
-    assert all(torch.equal(out, together[:8]) for each in outs for out in each)
+        int8_kernels.qmm_hold_int8_off(held)
+    torch.testing.assert_close(fp32, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert torch.equal(elsewhere, rounded) and not torch.equal(fp32, rounded)
 
 
 def test_the_loader_rounds_activations_to_8_bits_only_when_switched_on(model_cache_dir, tmp_path, monkeypatch):
