@@ -211,6 +211,7 @@ async def test_smol_batched_answers_equal_plain_generate(model_cache_dir: Path) 
         )
         assert together == plain and "Paris" in together[0]
         assert cpu_supported() is not None or smol.lean_step.steps > 0  # the lean steps are what was checked
+        assert smol.shared_prompt_tokens > 0  # and the prefill that computed the template's system prompt once
     finally:
         await smol.aclose()
 
@@ -228,6 +229,74 @@ def test_prompts_of_close_lengths_share_a_prefill_and_a_long_one_goes_alone() ->
     # a group's padded size is bounded, however alike its prompts
     big = prefill_groups([prompt(GROUP_TOKENS // 2)] * 3)
     assert [len(g) for g in big] == [2, 1]
+
+
+def test_prompts_share_their_common_first_tokens_when_there_are_enough_and_one_adapter() -> None:
+    import torch
+
+    from backends.local.batching import SHARED_PREFIX_MIN, GenRequest, Prompt, shared_prefix
+
+    def prompt(ids: list[int], adapter: str = "__base__") -> Prompt:
+        request = GenRequest([], greedy(1), None, None)  # type: ignore[arg-type]
+        request.adapter_internal = adapter
+        return Prompt(request, torch.tensor([ids]))
+
+    head = list(range(100, 100 + SHARED_PREFIX_MIN + 4))
+    assert shared_prefix([prompt(head + [1, 2]), prompt(head + [3]), prompt(head + [1, 5, 6])]) == len(head)
+    assert shared_prefix([prompt(head + [1, 2]), prompt(head + [1, 3])]) == len(head) + 1
+    assert shared_prefix([prompt(head), prompt(head + [7])]) == len(head) - 1  # each row keeps a token of its own
+    assert shared_prefix([prompt(head + [1])]) == 0  # nobody to share with
+    assert shared_prefix([prompt(head[:SHARED_PREFIX_MIN - 1] + [1]), prompt(head[:SHARED_PREFIX_MIN - 1] + [2])]) == 0
+    assert shared_prefix([prompt(head + [1]), prompt(head + [2], adapter="student")]) == 0  # keys differ by adapter
+
+
+async def test_prompts_that_begin_alike_compute_their_common_tokens_once_with_the_same_answers(host: LocalModelHost) -> None:
+    from backends.local.batching import SHARED_PREFIX_MIN
+
+    model = backend(host)
+    system: Message = {"role": "system", "content": "You are Smol, a student in a lesson about rivers and lakes."}
+    asks = ["Say hello in three languages.", "Why is the sky blue?", "Name a long river in Africa.", "What is 2+2 then?"]
+    questions = [[system, {"role": "user", "content": ask}] for ask in asks]
+    # one sampled row: its first token comes from its own seeded sampler, not from the shared pass
+    params = [greedy(9), greedy(9), greedy(9), GenParams(max_new_tokens=9, temperature=0.8, seed=3)]
+    before, shared = host.prefills, host.shared_prompt_tokens
+    together = await asyncio.gather(*(model.chat(q, p) for q, p in zip(questions, params, strict=True)))
+    assert host.prefills == before + 1 and host.peak_batch == 4
+    assert host.shared_prompt_tokens - shared >= 3 * SHARED_PREFIX_MIN  # the system prompt, once instead of four times
+    alone = [await model.chat(q, p) for q, p in zip(questions, params, strict=True)]
+    assert together == alone and len(set(together)) == 4
+
+
+async def test_a_shared_prefill_leaves_each_row_the_keys_values_and_first_token_of_its_prompt_alone(
+        host: LocalModelHost) -> None:
+    import threading
+
+    import torch
+
+    from backends.local.batching import DecodeBatch, GenRequest
+
+    system: Message = {"role": "system", "content": "You are Smol, a student in a lesson about rivers and lakes."}
+    asks = ["Say hello in three languages.", "Why is the sky blue?", "Name a long river in Africa.", "What is 2+2 then?"]
+
+    def prefilled(convs: list[list[Message]]) -> tuple[DecodeBatch, int]:
+        batch = DecodeBatch(host.model, host.tokenizer, peft=False)
+        shared = batch.admit([batch.prepare(GenRequest(c, greedy(1), None, threading.Event())) for c in convs])
+        return batch, shared
+
+    def run() -> None:
+        together, shared = prefilled([[system, {"role": "user", "content": a}] for a in asks])
+        assert shared >= 16 and together.mask is not None and together.cache is not None
+        for i, ask in enumerate(asks):
+            alone, none = prefilled([[system, {"role": "user", "content": ask}]])
+            assert none == 0 and alone.mask is not None and alone.cache is not None
+            assert together.rows[i].ids == alone.rows[0].ids and together.rows[i].position == alone.rows[0].position
+            real = together.mask[i].bool()
+            assert int(real.sum()) == alone.mask.shape[1]
+            for mine, theirs in zip(together.cache.layers, alone.cache.layers, strict=True):
+                torch.testing.assert_close(mine.keys[i][:, real], theirs.keys[0], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(mine.values[i][:, real], theirs.values[0], rtol=1e-5, atol=1e-6)
+
+    await host.run(run)
 
 
 async def test_requests_arriving_together_are_prefilled_in_one_pass_with_the_same_answers(host: LocalModelHost) -> None:

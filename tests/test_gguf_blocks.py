@@ -64,7 +64,8 @@ def vnni_cpu() -> bool:
 def kernels(request, model_cache_dir):
     """The kernels' library with its 16-lane AVX-512 products on or off (as the loader left them, afterwards)."""
     lib = load(model_cache_dir.parent / "kernels")
-    before, before_int8 = lib.qmm_set_wide(-1), lib.qmm_set_int8(0)  # fp32 activations: these tests check fp32's sums
+    before, before_int8 = lib.qmm_set_wide(-1), lib.qmm_set_int8(-1)  # (-1: only ask)
+    lib.qmm_set_int8(0)  # fp32 activations: these tests check fp32's sums
     assert lib.qmm_set_wide(int(request.param)) == int(request.param)
     yield lib
     lib.qmm_set_wide(before)
@@ -77,10 +78,11 @@ def int8_kernels(model_cache_dir):
     if not vnni_cpu():
         pytest.skip("no AVX-512 VNNI")
     lib = load(model_cache_dir.parent / "kernels")
-    before = lib.qmm_set_int8(1)
-    assert lib.qmm_set_int8(-1) == 1
+    before = lib.qmm_set_int8(-1)  # (-1: only ask; a setting returns the new state)
+    assert lib.qmm_set_int8(1) == 1
     yield lib
     lib.qmm_set_int8(before)
+    assert lib.qmm_set_int8(-1) == before
 
 
 def rounded_product(x: np.ndarray, blocks: Blocks) -> np.ndarray:

@@ -35,7 +35,7 @@ from backends.local.generation import (
     _generation_config,
     chat_input_ids,
 )
-from backends.local.lean_step import LeanStep
+from backends.local.lean_step import LeanStep, cache_of
 
 BASE = "__base__"
 """peft's name for 'no adapter' in a mixed batch."""
@@ -85,6 +85,26 @@ PAD_SLACK = 1.25
 alone (a 40-token /ask beside a 600-token lesson history is prefilled on its own)."""
 GROUP_TOKENS = 4096
 """At most this many (padded) tokens in one prefill, which bounds its activations' memory."""
+
+
+SHARED_PREFIX_MIN = 16
+"""Prompts prefilled together that begin with at least this many of the same tokens (the chat
+template's system prompt, a persona, a lesson's notes), with the same adapter, compute those tokens
+once, for one row, and prefill only the rest of each prompt on top of a copy of them."""
+
+
+def shared_prefix(prompts: Sequence[Prompt]) -> int:
+    """How many leading tokens `prompts` share and compute once (0: none worth it). Each prompt keeps
+    at least one token of its own, whose logits give its first reply token."""
+    if len(prompts) < 2 or len({p.request.adapter_internal for p in prompts}) != 1:
+        return 0
+    shortest = min(p.length for p in prompts)
+    first = prompts[0].ids[0, :shortest]
+    same = torch.ones(shortest, dtype=torch.bool, device=first.device)
+    for p in prompts[1:]:
+        same &= p.ids[0, :shortest] == first
+    n = min(int(same.long().cumprod(0).sum()), shortest - 1)
+    return n if n >= SHARED_PREFIX_MIN else 0
 
 
 def prefill_groups(prompts: Sequence[Prompt]) -> list[list[Prompt]]:
@@ -209,8 +229,9 @@ class DecodeBatch:
         _check_context(self.model, int(input_ids.shape[1]), request.params.max_new_tokens)
         return Prompt(request, input_ids)
 
-    def admit(self, prompts: Sequence[Prompt]) -> None:
-        """Prefill `prompts` together, left-padded into one forward pass, and add them to the batch.
+    def admit(self, prompts: Sequence[Prompt]) -> int:
+        """Prefill `prompts` together, left-padded into one forward pass, and add them to the batch;
+        returns how many leading tokens they shared (computed once: `shared_prefix`).
 
         Raises on a torch error; then none of them was added.
         """
@@ -220,15 +241,28 @@ class DecodeBatch:
         config.return_dict_in_generate = True
         config.output_logits = True  # raw: each row picks its first token with its own sampler below
         eos = _eos_ids(config)
-        longest = max(p.length for p in prompts)
+        # Each row: the shared tokens (if any), left padding, then the rest of its prompt; positions
+        # follow the mask (generate counts them over the unmasked tokens), so padding in the middle is
+        # as invisible to attention as on the left.
+        shared = shared_prefix(prompts) if self.mergeable else 0
+        width = shared + max(p.length - shared for p in prompts)
         pad = config.pad_token_id if config.pad_token_id is not None else 0  # masked out: any id would do
-        input_ids = torch.full((len(prompts), longest), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
-            input_ids[i, longest - p.length :] = p.ids[0]
-            mask[i, longest - p.length :] = 1
+            input_ids[i, :shared] = p.ids[0, :shared]
+            mask[i, :shared] = 1
+            input_ids[i, width - (p.length - shared) :] = p.ids[0, shared:]
+            mask[i, width - (p.length - shared) :] = 1
         extra = {"adapter_names": [p.request.adapter_internal for p in prompts]} if self.peft else {}
         with torch.inference_mode():
+            if shared:
+                one = {"adapter_names": extra["adapter_names"][:1]} if self.peft else {}
+                prefix = cache_of(self.model(input_ids=input_ids[:1, :shared], use_cache=True, **one))
+                for layer in prefix.layers:  # the same keys and values for every row
+                    layer.keys = layer.keys.expand(len(prompts), -1, -1, -1).contiguous()
+                    layer.values = layer.values.expand(len(prompts), -1, -1, -1).contiguous()
+                extra["cache"] = prefix
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **extra)
             logits = out.logits[0].float()
             rows = []
@@ -243,6 +277,7 @@ class DecodeBatch:
                                  prompt=p.ids, position=p.length))
         self._merge(out.past_key_values, mask)
         self.rows.extend(rows)
+        return shared
 
     def step(self) -> None:
         """One forward pass for every row; each row's next token is chosen by its own processors."""

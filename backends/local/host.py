@@ -117,6 +117,7 @@ class LocalModelHost(BatchScheduler):
         self._serving = False
         self.peak_batch = 0  # the most requests that have shared one decode step (for tests and benchmarks)
         self.prefills = 0  # prefill passes run; requests prefilled together count once (likewise)
+        self.shared_prompt_tokens = 0  # prompt tokens not computed because prompts prefilled together shared them
         self._bound: Counter[str] = Counter()  # internal adapter name → requests bound to it
         self._retired: list[str] = []  # swapped-out adapters kept until no bound request needs them
 

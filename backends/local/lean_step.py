@@ -165,7 +165,7 @@ class LeanStep:
         ids = (torch.arange(5, dtype=torch.long) * 7919 % vocab).view(1, 5)
         mask, positions = torch.ones(1, 5, dtype=torch.long), torch.tensor([[4]])
         with torch.inference_mode():
-            theirs_cache, mine_cache = (_cache_of(model(input_ids=ids[:, :4], use_cache=True)) for _ in range(2))
+            theirs_cache, mine_cache = (cache_of(model(input_ids=ids[:, :4], use_cache=True)) for _ in range(2))
             theirs = model(input_ids=ids[:, 4:], attention_mask=mask, position_ids=positions, cache=theirs_cache,
                            use_cache=True).logits[:, -1, :]
             try:
@@ -245,7 +245,7 @@ def _lora_in_c(lib: Any, x: torch.Tensor, lora_a: Any, lora_b: Any, scaling: flo
                              result.data_ptr()))
 
 
-def _cache_of(output: Any) -> Any:
+def cache_of(output: Any) -> Any:
     # transformers 5 names a forward's cache `cache`; 4.x named it `past_key_values`
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values

@@ -31,6 +31,7 @@ class BatchScheduler:
     batch_window: float
     peak_batch: int
     prefills: int
+    shared_prompt_tokens: int
     _executor: ThreadPoolExecutor
     _closing: threading.Event
     _queue: deque[GenRequest | Callable[[], None]]
@@ -136,8 +137,9 @@ class BatchScheduler:
                 self._finish(request, e, None)
         for group in prefill_groups(prompts):
             try:
-                batch.admit(group)
+                shared = batch.admit(group)
                 self.prefills += 1
+                self.shared_prompt_tokens += shared * (len(group) - 1)
             except Exception as e:
                 if len(group) == 1:
                     self._finish(group[0].request, e, None)

@@ -485,13 +485,14 @@ static VNNI void pack16(int kind, const void *qs, const float *d, const float *m
     }
 }
 
-/* out[r, n..n+nc] for R (1..8) rows r0.. of the job, from 16 packed columns. */
+/* A product's rows as quantize_rows leaves them. */
 typedef struct {
     const int8_t *q;
     const uint8_t *u;
     const float *dx, *sx;
 } Int8Rows;
 
+/* out[r, n..n+nc] for R (1..8) rows r0.. of the product, from 16 packed columns. */
 static inline VNNI __attribute__((always_inline)) void int8_rows(int kind, int R, const Int8Rows *x, int64_t r0,
                                                                   int64_t K, const uint8_t *buf, int64_t n, int nc,
                                                                   int64_t N, float *out) {
