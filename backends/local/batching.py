@@ -1,7 +1,8 @@
 """Dynamic batching: many chat requests share one decode loop on a model host's worker thread.
 
 Requests taken together are prefilled together: prompts of similar length share one left-padded
-forward pass (`prefill_groups`), and their cache is then left-padded into the batch's KV cache.
+forward pass (`prefill_groups`), the first tokens they have in common computed once for all of them
+(`shared_prefix`), and their cache is then left-padded into the batch's KV cache.
 Every decode step runs one forward pass for all rows, writing its keys and values into spare room
 at the end of the cache (`RoomyLayer`) rather than copying the whole cache to append them. A row
 leaves the batch as soon as it stops (end of turn, stop string, token limit, cancelled), so a
