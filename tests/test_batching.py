@@ -250,10 +250,14 @@ def test_prompts_share_their_common_first_tokens_when_there_are_enough_and_one_a
     assert shared_prefix([prompt(head + [1]), prompt(head + [2], adapter="student")]) == 0  # keys differ by adapter
 
 
-async def test_prompts_that_begin_alike_compute_their_common_tokens_once_with_the_same_answers(host: LocalModelHost) -> None:
+@pytest.mark.parametrize("adapter", [None, "student"], ids=["base", "student"])
+async def test_prompts_that_begin_alike_compute_their_common_tokens_once_with_the_same_answers(
+        host: LocalModelHost, tmp_path: Path, adapter: str | None) -> None:
     from backends.local.batching import SHARED_PREFIX_MIN
 
-    model = backend(host)
+    if adapter is not None:  # the shared tokens' keys and values are the adapter's (peft's mixed batch, one row)
+        await host.set_adapter(adapter, make_lora(host.model_dir, tmp_path / "lora", std=0.5))
+    model = backend(host, adapter)
     system: Message = {"role": "system", "content": "You are Smol, a student in a lesson about rivers and lakes."}
     asks = ["Say hello in three languages.", "Why is the sky blue?", "Name a long river in Africa.", "What is 2+2 then?"]
     questions = [[system, {"role": "user", "content": ask}] for ask in asks]
@@ -265,6 +269,8 @@ async def test_prompts_that_begin_alike_compute_their_common_tokens_once_with_th
     assert host.shared_prompt_tokens - shared >= 3 * SHARED_PREFIX_MIN  # the system prompt, once instead of four times
     alone = [await model.chat(q, p) for q, p in zip(questions, params, strict=True)]
     assert together == alone and len(set(together)) == 4
+    if adapter is not None:
+        assert together != [await backend(host).chat(q, p) for q, p in zip(questions, params, strict=True)]
 
 
 async def test_a_shared_prefill_leaves_each_row_the_keys_values_and_first_token_of_its_prompt_alone(
