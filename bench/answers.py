@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backends.local.kernels import INT8_SWITCH  # noqa: E402
-from bench.distill.run import CONTROL, PACKS, Pack, Runner  # noqa: E402
+from bench.distill.run import CONTROL, PACKS, Pack, Runner, link_model_cache  # noqa: E402
 
 
 def quizzes(trained: bool) -> list[tuple[str, Path, str, Path | None]]:
@@ -43,10 +43,7 @@ def quizzes(trained: bool) -> list[tuple[str, Path, str, Path | None]]:
 def compare(home: Path, trained: bool, verbose: bool) -> list[dict[str, object]]:
     work = home / "answers"
     work.mkdir(parents=True, exist_ok=True)
-    shared = REPO / ".cache" / "models"  # the bundled model, converted once per machine
-    if not (home / "cache").exists():
-        shared.mkdir(parents=True, exist_ok=True)
-        (home / "cache").symlink_to(shared, target_is_directory=True)
+    link_model_cache(home)
     sides = {}
     for name, value in (("fp32", "0"), ("int8", "1")):
         runner = Runner(home, work, verbose)

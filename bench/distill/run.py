@@ -224,6 +224,16 @@ def teacher_shares(home: Path, student: str) -> dict[str, float]:
     return (runs[0].get("sources") if runs else None) or {}
 
 
+def link_model_cache(home: Path) -> Path:
+    """Point `home`'s model cache at this checkout's, where the bundled model is converted once per
+    machine (as the tests do); returns that shared folder."""
+    shared = REPO / ".cache" / "models"
+    if not (home / "cache").exists():
+        shared.mkdir(parents=True, exist_ok=True)
+        (home / "cache").symlink_to(shared, target_is_directory=True)
+    return shared
+
+
 def bench(
     packs: list[Pack], lessons_per_pack: int, limit: int | None, home: Path, verbose: bool, config: Path | None = None,
     sections: int | None = None, quick: bool = False, scenario: str = "packs",
@@ -232,10 +242,7 @@ def bench(
     control quizzes (the training gate still checks the control set before promoting)."""
     work = home / "bench"
     work.mkdir(parents=True, exist_ok=True)
-    shared = REPO / ".cache" / "models"  # the bundled model, converted once per machine (as the tests do)
-    if not (home / "cache").exists():
-        shared.mkdir(parents=True, exist_ok=True)
-        (home / "cache").symlink_to(shared, target_is_directory=True)
+    shared = link_model_cache(home)
     started = time.monotonic()
     cast = cast_for(scenario, packs, work, config, shared)
     runner = Runner(home, work, verbose, cast.config)

@@ -141,17 +141,19 @@ static inline __attribute__((always_inline)) void q8_0_rows(const float *x, int6
 #define PANEL 4
 #define TILE_ROWS 3
 
-static __thread float *panel_buf;
-static __thread int64_t panel_cap;
-
-static float *panel_buffer(int64_t floats) {
-    if (floats > panel_cap) {
-        free(panel_buf);
-        panel_buf = aligned_alloc(64, (size_t)floats * sizeof(float));
-        panel_cap = panel_buf ? floats : 0;
+/* A thread's scratch buffer *buf of at least `bytes` (capacity *cap), 64-byte aligned, grown as
+   needed and never shrunk; NULL when there is no memory for it. */
+static void *scratch(void **buf, int64_t *cap, int64_t bytes) {
+    if (bytes > *cap) {
+        free(*buf);
+        *buf = aligned_alloc(64, (size_t)(bytes + 63) / 64 * 64);
+        *cap = *buf ? bytes : 0;
     }
-    return panel_buf;
+    return *buf;
 }
+
+static __thread void *panel_buf; /* the panels' fp32 columns */
+static __thread int64_t panel_cap;
 
 /* Columns n..n+nc of a weight as fp32 rows of K in w. */
 static void rebuild_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t K, int64_t n, int64_t nc, float *w) {
@@ -360,17 +362,8 @@ int qmm_set_wide(int on) {
 static int int8_kernels;            /* set by qmm_set_int8 */
 static __thread int int8_held_off;  /* set by qmm_hold_int8_off: this thread's products keep fp32 activations */
 
-static __thread uint8_t *packed_buf;
+static __thread void *packed_buf; /* 16 columns packed for vpdpbusd */
 static __thread int64_t packed_cap;
-
-static uint8_t *packed_buffer(int64_t bytes) {
-    if (bytes > packed_cap) {
-        free(packed_buf);
-        packed_buf = aligned_alloc(64, (size_t)bytes);
-        packed_cap = packed_buf ? bytes : 0;
-    }
-    return packed_buf;
-}
 
 /* Use 8-bit activations (on > 0) where this CPU has AVX-512 VNNI and BW, or not (on == 0); returns
    whether they are in use (on < 0: only that). */
@@ -557,7 +550,7 @@ typedef struct {
 /* Rows 0..R of `job` (R >= 2) for columns n0..n1, panel by panel. Returns 0 if no buffer. */
 static int panel_columns(const Job *job, int64_t R, int64_t n0, int64_t n1) {
     const int64_t K = job->K, N = job->N;
-    float *w = panel_buffer(PANEL * K);
+    float *w = scratch(&panel_buf, &panel_cap, PANEL * K * (int64_t)sizeof(float));
     if (!w) return 0;
     void (*tiles)(const float *, int64_t, const float *, int, int, float *, int64_t) =
         wide_kernels ? wide_tile_any : tile_any;
@@ -577,7 +570,7 @@ static int panel_columns(const Job *job, int64_t R, int64_t n0, int64_t n1) {
 /* Columns n0..n1 of `job` for all its rows, with 8-bit activations, 16 columns at a time. Returns 0 if no buffer. */
 static int int8_columns(const Job *job, int64_t n0, int64_t n1) {
     const int64_t M = job->M, K = job->K, N = job->N;
-    uint8_t *buf = packed_buffer(K / 32 * PACKED_BLOCK);
+    uint8_t *buf = scratch(&packed_buf, &packed_cap, K / 32 * PACKED_BLOCK);
     if (!buf) return 0;
     for (int64_t n = n0; n < n1; n += 16) {
         int nc = n1 - n < 16 ? (int)(n1 - n) : 16;
@@ -772,22 +765,18 @@ static void run_job(const Job *job) {
 
 /* With 8-bit activations on, the job's rows rounded to 8 bits (by the calling thread, into its own
    buffer, which the pool's threads read while the caller waits for them). */
-static __thread uint8_t *rows_buf;
+static __thread void *rows_buf;
 static __thread int64_t rows_cap;
 
 static void quantize_job(Job *job) {
     if (!int8_kernels || int8_held_off) return;
     const int64_t M = job->M, K = job->K, B = K / 32;
     const int64_t bytes = M * K * (job->kind == 1 ? 2 : 1), need = bytes + 2 * M * B * (int64_t)sizeof(float);
-    if (need > rows_cap) {
-        free(rows_buf);
-        rows_buf = aligned_alloc(64, (size_t)(need + 63) / 64 * 64);
-        rows_cap = rows_buf ? need : 0;
-    }
-    if (!rows_buf) return; /* the fp32 kernels then */
-    int8_t *q = (int8_t *)rows_buf;
-    uint8_t *u = job->kind == 1 ? rows_buf + M * K : NULL;
-    float *dx = (float *)(rows_buf + bytes), *sx = dx + M * B;
+    uint8_t *buf = scratch(&rows_buf, &rows_cap, need);
+    if (!buf) return; /* the fp32 kernels then */
+    int8_t *q = (int8_t *)buf;
+    uint8_t *u = job->kind == 1 ? buf + M * K : NULL;
+    float *dx = (float *)(buf + bytes), *sx = dx + M * B;
     quantize_rows(job->x, M, K, q, u, dx, sx);
     job->int8 = (Int8Rows){q, u, dx, sx};
 }
