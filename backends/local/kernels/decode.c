@@ -58,9 +58,13 @@ static inline __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
    h0..h0+GB of kv head g:
 
    scores: s[h][t] = q[h] . k[t] * scale + bias[t] (bias 0, or -inf for a masked token), four
-   tokens at a time; best[h] = the largest. */
-static inline __attribute__((always_inline)) void scores(const float *q, int64_t D, int GB, const float *k, int64_t k_tok,
-                                                         int64_t T, int64_t DV, float scale, const float *bias, float *s,
+   tokens at a time; best[h] = the largest. The same tokens' values are prefetched meanwhile, for
+   `weighted` after the softmax: at eight rows a layer's keys and values (~1 MB) are beyond the
+   core's caches, and fetching the values during the scores took a quarter off an eight-row call
+   (bench/README.md, session 20). */
+static inline __attribute__((always_inline)) void scores(const float *q, int64_t D, int GB, const float *k,
+                                                         const float *v, int64_t k_tok, int64_t v_tok, int64_t T,
+                                                         int64_t DV, float scale, const float *bias, float *s,
                                                          float *best) {
     const __m128 sv = _mm_set1_ps(scale);
     __m128 top[3];
@@ -71,6 +75,8 @@ static inline __attribute__((always_inline)) void scores(const float *q, int64_t
         for (int h = 0; h < GB; h++)
             for (int j = 0; j < 4; j++) acc[h][j] = _mm256_setzero_ps();
         const float *k0 = k + t * k_tok;
+        for (int j = 0; j < 4; j++) /* one prefetch a 64-byte line: two vectors of 8 */
+            for (int64_t i = 0; i < DV; i += 2) _mm_prefetch((const char *)(v + (t + j) * v_tok + 8 * i), _MM_HINT_T0);
         for (int64_t i = 0; i < DV; i++) {
             __m256 kv[4];
             for (int j = 0; j < 4; j++) kv[j] = _mm256_loadu_ps(k0 + j * k_tok + 8 * i);
@@ -172,7 +178,7 @@ static inline __attribute__((always_inline)) void heads(const float *q, int64_t 
                                                         int64_t k_tok, int64_t v_tok, int64_t T, int64_t DV, float scale,
                                                         const float *bias, float *s, float *out) {
     float best[3], total[3];
-    scores(q, D, GB, k, k_tok, T, DV, scale, bias, s, best);
+    scores(q, D, GB, k, v, k_tok, v_tok, T, DV, scale, bias, s, best);
     softmax(GB, T, best, s, total);
     weighted(s, GB, v, v_tok, T, DV, total, out, D);
 }
