@@ -8,6 +8,7 @@ import logging
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,7 +132,10 @@ def test_the_penalty_in_numpy_picks_the_token_the_penalty_processor_does(penalty
         reply = torch.randint(0, 500, (1, trial % 7 * 30), generator=gen)  # repeats, and once no reply at all
         want = best_tokens(ReplyRepetitionPenalty(penalty, 3)(torch.cat([torch.zeros(1, 3, dtype=torch.long), reply], 1),
                                                                scores))
-        assert penalised_best(scores[0].numpy(), reply[0].tolist(), penalty) == want[0]
+        row = scores[0].numpy()
+        before = row.copy()
+        assert penalised_best(row, reply[0].tolist(), penalty) == want[0]
+        assert np.array_equal(row, before)  # penalised in place for the argmax, then put back
     scores = torch.tensor([[1.0, 5.0, 4.9, -3.0]])  # 5.0 said already: 5 / 1.1 < 4.9
     assert penalised_best(scores[0].numpy(), [1, 1], 1.1) == 2 and best_tokens(scores) == [1]
 
