@@ -12,6 +12,7 @@ loaded model, each in a fresh subprocess.
 
     .venv/bin/python bench/generate.py --new-tokens 100 --concurrent 8 --repeats 2
     .venv/bin/python bench/generate.py --new-tokens 100 --concurrent 8 --repeats 2 --student   # with a LoRA adapter
+    .venv/bin/python bench/generate.py --temperature 0.3 --top-p 0.9   # sampled, as models other than the bundled ones answer
     .venv/bin/python bench/generate.py --memory
     .venv/bin/python bench/generate.py --llamacpp   # needs llama-cpp-python: see bench/README.md
 """
@@ -57,7 +58,8 @@ def asks(n: int) -> list[list[Message]]:
     return [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(n)]
 
 
-def plain_run(model: object, tokenizer: object, messages: list[Message], new_tokens: int, threads: int) -> tuple[float, int]:
+def plain_run(model: object, tokenizer: object, messages: list[Message], new_tokens: int, threads: int,
+              temperature: float = 0.0, top_p: float = 1.0) -> tuple[float, int]:
     """One plain transformers.generate call on `threads` torch threads: (seconds, new tokens).
 
     Our host gives the cores to its kernels and leaves torch one thread, so plain sets its own
@@ -68,8 +70,10 @@ def plain_run(model: object, tokenizer: object, messages: list[Message], new_tok
     try:
         started = time.perf_counter()
         with torch.inference_mode():
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+                "do_sample": False}
             out = model.generate(  # type: ignore[attr-defined]
-                **ids, max_new_tokens=new_tokens, do_sample=False, repetition_penalty=1.1
+                **ids, max_new_tokens=new_tokens, repetition_penalty=1.1, **sampling
             )
         return time.perf_counter() - started, int(out.shape[1] - ids["input_ids"].shape[1])
     finally:
@@ -131,8 +135,10 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         model = PeftModel.from_pretrained(model, str(adapter)).eval()
         await host.set_adapter("student", adapter)
     backend = LocalBackend(spec, host, "student" if args.student else None)
-    params = GenParams(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.1)
+    params = GenParams(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       repetition_penalty=1.1, seed=0)
     convs = asks(args.concurrent)
+    sampling = (args.temperature, args.top_p)
     # warm both paths first: the host's first request also pays one-off imports (peft), ~0.3 s
     await host.run(lambda: plain_run(model, tokenizer, convs[0], 1, args.threads))
     await ours_run(backend, convs[0], GenParams(max_new_tokens=1, temperature=0.0))
@@ -143,12 +149,12 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
     for _ in range(args.repeats):
         # plain: time to first token is a 1-token generate; the concurrent load runs one after another
         rows["plain_ttft"].append(await host.run(lambda: plain_run(model, tokenizer, convs[0], 1, args.threads)[0]))
-        secs, n = await host.run(lambda: plain_run(model, tokenizer, convs[0], args.new_tokens, args.threads))
+        secs, n = await host.run(lambda: plain_run(model, tokenizer, convs[0], args.new_tokens, args.threads, *sampling))
         rows["plain_tps"].append(n / secs)
         rows["plain_one"].append(secs)
         started = time.perf_counter()
         for c in convs:
-            await host.run(lambda c=c: plain_run(model, tokenizer, c, args.new_tokens, args.threads))
+            await host.run(lambda c=c: plain_run(model, tokenizer, c, args.new_tokens, args.threads, *sampling))
         rows["plain_all"].append(time.perf_counter() - started)
         # ours
         # time to first token the same way as plain: a whole 1-token request
@@ -179,6 +185,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "ratio_all_over_one": {side: round(best[f"{side}_all"] / best[f"{side}_one"], 2) for side in sides},
         "single_stream_speedup": {side: round(best[f"{side}_tps"] / best["plain_tps"], 2) for side in sides[1:]},
         "student_adapter": "LoRA r=16 on every linear layer (as training makes it)" if args.student else None,
+        "sampling": {"temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else "greedy",
         "peak_batch": host.peak_batch,
         "decode_steps": decode_steps,
     }
@@ -244,6 +251,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="gguf", choices=["gguf", "float32", "bfloat16"],
                         help="our host's weights (plain stays fp32): gguf, the bot's CPU default, multiplies by the file's blocks")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sample at this temperature (0: greedy, as the bundled models answer; other models' default is 0.3)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling's top_p with --temperature (default 1.0)")
     parser.add_argument("--student", action="store_true",
                         help="serve the student on both sides: the model with a LoRA adapter as training makes it")
     parser.add_argument("--memory", action="store_true", help="measure peak RSS instead")

@@ -93,6 +93,42 @@ def test_seeded_sampler_repeats_with_the_same_seed_and_keeps_only_the_top_token_
     assert set(draws(7, top_p=1e-6)) == {int(scores.argmax())}
 
 
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95, 0.999999])
+def test_the_nucleus_without_sorting_the_tokens_is_the_sorted_one_bit_for_bit(top_p: float) -> None:
+    sampler = SeededSampler(0.7, top_p, 0, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(int(top_p * 1000))
+    answered = fell_back = 0
+    for trial in range(120):
+        scores = torch.randn(1, 3000 if trial % 4 else 49152, generator=gen) * (1 + trial % 5)
+        if trial % 3 == 1:
+            scores = scores.round()  # ties everywhere, across the boundary too
+        mine, sorted_ = sampler.nucleus(scores), sampler.nucleus_sorted(scores)
+        if mine is None:
+            fell_back += 1
+        else:
+            assert torch.equal(mine, sorted_)
+            answered += 1
+    assert answered > 60 and fell_back > 0  # both ways were taken
+    nan = torch.tensor([[1.0, float("nan"), 0.5]])
+    assert sampler.nucleus(nan) is None and sampler.nucleus(torch.zeros(2, 5)) is None  # NaNs; not one row
+    tie = torch.tensor([[3.0, 1.0, 1.0, -2.0]])  # top_p reached inside the tied pair: torch's order decides
+    assert SeededSampler(1.0, 0.85, 0, torch.device("cpu")).nucleus(tie) is None
+    assert torch.equal(SeededSampler(1.0, 0.95, 0, torch.device("cpu")).nucleus(tie), torch.tensor([[3.0, 1.0, 1.0, float("-inf")]]))
+
+
+def test_sampled_tokens_are_the_same_with_the_nucleus_found_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = torch.randn(1, 49152, generator=torch.Generator().manual_seed(2)) * 3
+    ids = torch.zeros(1, 1, dtype=torch.long)
+
+    def draws() -> list[int]:
+        sampler = SeededSampler(0.7, 0.9, 11, torch.device("cpu"))
+        return [int(sampler(ids, scores).argmax()) for _ in range(30)]
+
+    fast = draws()
+    monkeypatch.setattr(SeededSampler, "nucleus", lambda self, scores: None)
+    assert draws() == fast and len(set(fast)) > 1
+
+
 # ---------------------------------------------------------------- conversion helpers (no model)
 
 

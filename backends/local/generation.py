@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import (
     GenerationConfig,
@@ -159,14 +160,40 @@ class SeededSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-            # Drop a token when the tokens ranked above it already reach top_p; the best always stays.
-            outside = cumulative - sorted_scores.softmax(dim=-1) >= self.top_p
-            scores = scores.scatter(-1, order, sorted_scores.masked_fill(outside, float("-inf")))
+            nucleus = self.nucleus(scores)
+            scores = nucleus if nucleus is not None else self.nucleus_sorted(scores)
         drawn = torch.multinomial(scores.softmax(dim=-1), num_samples=1, generator=self.generator)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter(-1, drawn, 0.0)
+
+    def nucleus_sorted(self, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` with every token outside the top_p nucleus set to -inf: each token is dropped when
+        the tokens ranked above it already reach top_p (the best always stays)."""
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        outside = cumulative - sorted_scores.softmax(dim=-1) >= self.top_p
+        return scores.scatter(-1, order, sorted_scores.masked_fill(outside, float("-inf")))
+
+    def nucleus(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """`nucleus_sorted(scores)` bit for bit, for one row on the CPU, or None where it cannot say
+        (then the caller sorts). torch.sort took 2.9 ms of a sampled token's 5 ms at the bundled
+        model's 49,152 scores (2-core Xeon, one torch thread), numpy's sort of the values 0.12:
+        the nucleus only needs the values in order (the same softmax and cumulative sums over them),
+        not which token holds each, because its tokens are all those scoring at least its last
+        value, whenever the next value is lower. A tie across that boundary (which of the tied
+        tokens stays follows torch's order) or NaNs fall back to sorting."""
+        if scores.device.type != "cpu" or scores.dim() != 2 or scores.shape[0] != 1:
+            return None
+        ranked = np.sort(scores[0].numpy())[::-1]
+        if np.isnan(ranked[0]):  # NaNs sort last, so first once reversed
+            return None
+        ordered = torch.from_numpy(np.ascontiguousarray(ranked)).unsqueeze(0)
+        probs = ordered.softmax(dim=-1)
+        keep = (probs.cumsum(dim=-1) - probs < self.top_p)[0]
+        n = int(keep.sum())
+        if n == 0 or not bool(keep[:n].all()) or (n < len(ranked) and not ranked[n - 1] > ranked[n]):
+            return None
+        return scores.masked_fill(scores < float(ranked[n - 1]), float("-inf"))
 
 
 class StepWatcher(StoppingCriteria):
