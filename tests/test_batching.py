@@ -403,3 +403,99 @@ async def test_the_kv_cache_appends_into_spare_room_without_changing_answers(hos
     assert got == plain and len(set(got)) == 3
     # every step with room left wrote in place, and every step without it moved to a new buffer
     assert all(in_place) and len(in_place) == max(lengths[0], 2 + max(lengths[1:])) - 1  # the first token is the prefill's
+
+
+# ---------------------------------------------------------------- prompts' keys and values kept for the next prompt
+
+LESSON_SYSTEM: Message = {"role": "system", "content": "You are Professor Smol. Teach from these notes: the lake is 40 m deep."}
+
+
+def test_the_prompt_store_keeps_recent_prompts_per_adapter_within_its_budget() -> None:
+    import torch
+
+    from backends.local.batching import SHARED_PREFIX_MIN, GenRequest, PrefixStore, Prompt
+
+    def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(1, 1, n, 4), torch.zeros(1, 1, n, 4))]  # 32 bytes a token
+
+    def prompt(ids: list[int], adapter: str = "__base__") -> Prompt:
+        request = GenRequest([], greedy(1), None, None)  # type: ignore[arg-type]
+        request.adapter_internal = adapter
+        return Prompt(request, torch.tensor([ids]))
+
+    head = list(range(100, 100 + SHARED_PREFIX_MIN + 4))
+    store = PrefixStore(budget=32 * 100)
+    store.add("__base__", torch.tensor(head), kv(len(head)))
+    assert store.longest([prompt(head + [1, 2])]) == (len(head), store._entries[0])
+    assert store.longest([prompt(head)])[0] == len(head) - 1  # a prompt keeps one token of its own
+    assert store.longest([prompt(head + [1], adapter="student")]) == (0, None)  # keys differ by adapter
+    assert store.longest([prompt(head[:SHARED_PREFIX_MIN - 1] + [9, 9])]) == (0, None)  # too few to be worth it
+    both = store.longest([prompt(head + [1, 2]), prompt(head[:-2] + [5, 6, 7])])
+    assert both[0] == len(head) - 2  # what every prompt of a group shares
+    store.add("__base__", torch.tensor(head + [1, 2, 3]), kv(len(head) + 3))  # extends the first: replaces it
+    assert len(store) == 1 and store.nbytes == 32 * (len(head) + 3)
+    store.add("__base__", torch.tensor(head + [1]), kv(len(head) + 1))  # held already by the longer one
+    assert len(store) == 1
+    store.add("student", torch.tensor(head), kv(len(head)))
+    other = [7] * (SHARED_PREFIX_MIN + 60)
+    store.add("__base__", torch.tensor(other), kv(len(other)))  # over budget: the least recently used goes
+    assert [e.adapter for e in store._entries] == ["student", "__base__"] and store.nbytes <= store.budget
+    store.forget("student")
+    assert [e.ids.shape[0] for e in store._entries] == [len(other)]
+    store.add("__base__", torch.tensor(list(range(200))), kv(200))  # larger than the whole budget: not kept
+    assert len(store) == 1
+
+
+async def test_a_prompt_that_begins_with_an_earlier_one_takes_its_keys_and_values_instead_of_computing_them(
+        host: LocalModelHost) -> None:
+    import threading
+
+    import torch
+
+    from backends.local.batching import DecodeBatch, GenRequest, PrefixStore
+
+    first = [LESSON_SYSTEM, {"role": "user", "content": "What is the lake like?"}]
+    second = [*first, {"role": "assistant", "content": "It is deep."}, {"role": "user", "content": "How deep?"}]
+
+    def run() -> None:
+        store = PrefixStore()
+        kept = DecodeBatch(host.model, host.tokenizer, peft=False, prefixes=store)
+        kept.admit([kept.prepare(GenRequest(first, greedy(1), None, threading.Event()))])
+        reuse = kept.prepare(GenRequest(second, greedy(1), None, threading.Event()))
+        kept.admit([reuse])
+        computed = DecodeBatch(host.model, host.tokenizer, peft=False)
+        computed.admit([computed.prepare(GenRequest(second, greedy(1), None, threading.Event()))])
+        first_len = int(host.tokenizer.apply_chat_template(first, add_generation_prompt=True, return_dict=True,
+                                                           return_tensors="pt")["input_ids"].shape[1])
+        assert store.reused_tokens >= first_len - 1 > 16
+        assert kept.cache is not None and computed.cache is not None and kept.mask is not None
+        assert kept.rows[1].ids == computed.rows[0].ids and kept.rows[1].position == computed.rows[0].position
+        real = kept.mask[1].bool()
+        for mine, theirs in zip(kept.cache.layers, computed.cache.layers, strict=True):
+            torch.testing.assert_close(mine.keys[1][:, real], theirs.keys[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(mine.values[1][:, real], theirs.values[0], rtol=1e-5, atol=1e-6)
+
+    await host.run(run)
+
+
+async def test_lesson_turns_and_retries_reuse_earlier_prompts_with_plain_generates_answers(host: LocalModelHost,
+                                                                                          tmp_path: Path) -> None:
+    import threading
+
+    model = backend(host)
+    first = [LESSON_SYSTEM, {"role": "user", "content": "What is the lake like?"}]
+    reply = await model.chat(first, greedy(12))
+    second = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "How deep?"}]
+    before = host.reused_prompt_tokens
+    again = await model.chat(second, greedy(12))
+    turn = host.reused_prompt_tokens - before
+    retried = await model.chat(second, greedy(12))  # the whole prompt is held now: all but its last token
+    assert turn > 16 and host.reused_prompt_tokens - before - turn > turn
+    plain = await host.run(lambda: generate_completion(host.model, host.tokenizer, second, greedy(12),
+                                                       cancel=threading.Event()).text)
+    assert again == retried == plain
+    # a student's adapter changes the keys and values: the base's prompts are not its
+    await host.set_adapter("student", make_lora(host.model_dir, tmp_path / "lora", std=0.5))
+    before = host.reused_prompt_tokens
+    student = await backend(host, "student").chat(second, greedy(12))
+    assert host.reused_prompt_tokens == before and student != again

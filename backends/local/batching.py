@@ -122,6 +122,97 @@ def prefill_groups(prompts: Sequence[Prompt]) -> list[list[Prompt]]:
     return groups
 
 
+PREFIX_CACHE_BYTES = 64 * 2**20
+"""Memory for prompts' keys and values kept after their prefill (`PrefixStore`): ~1,400 tokens of
+the bundled 135M model (46 KB a token), some ten lesson turns' prompts."""
+
+
+@dataclass(eq=False)  # found and removed by identity
+class _Prefix:
+    adapter: str
+    ids: torch.Tensor  # [n]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # each layer's keys and values [1, kv heads, n, dim]
+    nbytes: int
+
+
+class PrefixStore:
+    """Prompts' keys and values kept after their prefill, so that a later prompt beginning with the
+    same tokens computes only the rest: the next turn of a lesson begins with the same system
+    prompt and section notes as the last one (86% of a lesson's prompt tokens were a previous
+    prompt's, session 20), a retried turn with its whole prompt. Least recently used first out,
+    within `budget` bytes; entries are per adapter, since an adapter changes the keys and values.
+    Worker thread only."""
+
+    def __init__(self, budget: int = PREFIX_CACHE_BYTES):
+        self.budget = budget
+        self.nbytes = 0
+        self.reused_tokens = 0  # prompt tokens taken from here instead of computed (for tests and benchmarks)
+        self._entries: list[_Prefix] = []  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def longest(self, prompts: Sequence[Prompt]) -> tuple[int, _Prefix | None]:
+        """The entry sharing the most leading tokens with every one of `prompts` (one adapter), and
+        how many (each prompt keeps one of its own, whose logits give its first token); (0, None)
+        below SHARED_PREFIX_MIN."""
+        adapters = {p.request.adapter_internal for p in prompts}
+        if len(adapters) != 1:
+            return 0, None
+        (adapter,) = adapters
+        limit = min(p.length for p in prompts) - 1
+        best, found = 0, None
+        for entry in self._entries:
+            if entry.adapter == adapter:
+                n = min(min(_common(entry.ids, p.ids[0]) for p in prompts), limit)
+                if n > best:
+                    best, found = n, entry
+        if found is None or best < SHARED_PREFIX_MIN:
+            return 0, None
+        self._entries.remove(found)
+        self._entries.append(found)
+        return best, found
+
+    def add(self, adapter: str, ids: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep a prompt's keys and values (ids [n], each layer's [1, kv heads, n, dim]), unless an
+        entry holds it already; entries it extends are dropped (it holds them)."""
+        n = int(ids.shape[0])
+        if n < SHARED_PREFIX_MIN:
+            return
+        for entry in self._entries:
+            if entry.adapter == adapter and entry.ids.shape[0] >= n and _common(entry.ids, ids) == n:
+                return
+        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if nbytes > self.budget:
+            return
+        for entry in [e for e in self._entries if e.adapter == adapter and _common(e.ids, ids) == e.ids.shape[0]]:
+            self._drop(entry)
+        self._entries.append(_Prefix(adapter, ids, layers, nbytes))
+        self.nbytes += nbytes
+        while self.nbytes > self.budget:
+            self._drop(self._entries[0])
+
+    def forget(self, adapter: str) -> None:
+        """Drop the entries of an adapter that is gone."""
+        for entry in [e for e in self._entries if e.adapter == adapter]:
+            self._drop(entry)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def _drop(self, entry: _Prefix) -> None:
+        self._entries.remove(entry)
+        self.nbytes -= entry.nbytes
+
+
+def _common(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading ids the 1-D `a` and `b` share."""
+    n = min(int(a.shape[0]), int(b.shape[0]))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if differ.numel() else n
+
+
 @dataclass
 class _Row:
     request: GenRequest
@@ -198,11 +289,13 @@ def _eos_ids(config: Any) -> frozenset[int]:
 class DecodeBatch:
     """The rows decoding together, their shared left-padded KV cache and attention mask."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, peft: bool, lean: LeanStep | None = None):
+    def __init__(self, model: Any, tokenizer: Any, *, peft: bool, lean: LeanStep | None = None,
+                 prefixes: PrefixStore | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.peft = peft
         self.lean = lean  # computes decode steps in place of the model's forward (see lean_step)
+        self.prefixes = prefixes  # earlier prompts' keys and values, reused by prompts that begin alike
         self.rows: list[_Row] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, cached length]; 0 marks left padding
@@ -232,7 +325,8 @@ class DecodeBatch:
 
     def admit(self, prompts: Sequence[Prompt]) -> int:
         """Prefill `prompts` together, left-padded into one forward pass, and add them to the batch;
-        returns how many leading tokens they shared (computed once: `shared_prefix`).
+        returns how many leading tokens they shared (computed once: `shared_prefix`). Leading tokens
+        an earlier prompt's keys and values hold (`prefixes`) are not computed at all.
 
         Raises on a torch error; then none of them was added.
         """
@@ -246,6 +340,11 @@ class DecodeBatch:
         # follow the mask (generate counts them over the unmasked tokens), so padding in the middle is
         # as invisible to attention as on the left.
         shared = shared_prefix(prompts) if self.mergeable else 0
+        reused, kept = self.prefixes.longest(prompts) if self.prefixes is not None and self.mergeable else (0, None)
+        if kept is not None and reused >= shared:
+            shared = reused
+        else:
+            reused, kept = 0, None
         width = shared + max(p.length - shared for p in prompts)
         pad = config.pad_token_id if config.pad_token_id is not None else 0  # masked out: any id would do
         input_ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
@@ -257,7 +356,13 @@ class DecodeBatch:
             mask[i, width - (p.length - shared) :] = 1
         extra = {"adapter_names": [p.request.adapter_internal for p in prompts]} if self.peft else {}
         with torch.inference_mode():
-            if shared:
+            if kept is not None:
+                prefix = DynamicCache(config=self.model.config)
+                for i, (keys, values) in enumerate(kept.layers):  # copied out: the rows' cache grows
+                    prefix.update(keys[:, :, :shared].expand(len(prompts), -1, -1, -1),
+                                  values[:, :, :shared].expand(len(prompts), -1, -1, -1), i)
+                extra["cache"] = prefix
+            elif shared:
                 one = {"adapter_names": extra["adapter_names"][:1]} if self.peft else {}
                 # logits of the last token only: all 24 of a system prompt's cost a tenth of its forward
                 prefix = cache_of(self.model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1, **one))
@@ -277,9 +382,24 @@ class DecodeBatch:
                 tracker = TextTracker(self.tokenizer, params.stop)
                 rows.append(_Row(p.request, p.length, tracker, processors, eos, ids=best_tokens(scores),
                                  prompt=p.ids, position=p.length))
+        if self.prefixes is not None and self.mergeable:
+            self._keep_prompts(prompts, out.past_key_values, mask)
+            self.prefixes.reused_tokens += reused * len(prompts)
         self._merge(out.past_key_values, mask)
         self.rows.extend(rows)
-        return shared
+        return 0 if kept is not None else shared
+
+    def _keep_prompts(self, prompts: Sequence[Prompt], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Each prompt's keys and values into `prefixes`: for a prompt prefilled alone, the prefill's
+        own tensors (no step writes into them: `RoomyLayer` copies them out first)."""
+        assert self.prefixes is not None
+        for i, p in enumerate(prompts):
+            real = mask[i].nonzero().squeeze(1)
+            whole = len(prompts) == 1 and int(real.shape[0]) == mask.shape[1]  # else a copy of the row alone
+            layers = [(layer.keys[i : i + 1] if whole else layer.keys[i : i + 1].index_select(2, real),
+                       layer.values[i : i + 1] if whole else layer.values[i : i + 1].index_select(2, real))
+                      for layer in cache.layers]
+            self.prefixes.add(p.request.adapter_internal, p.ids[0], layers)
 
     def step(self) -> None:
         """One forward pass for every row; each row's next token is chosen by its own processors."""

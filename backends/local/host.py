@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from backends.local.batching import Answer, GenRequest
+from backends.local.batching import Answer, GenRequest, PrefixStore
 from backends.local.lean_step import LeanStep
 from backends.local.scheduler import BatchScheduler
 
@@ -120,6 +120,7 @@ class LocalModelHost(BatchScheduler):
         self.shared_prompt_tokens = 0  # prompt tokens not computed because prompts prefilled together shared them
         self._bound: Counter[str] = Counter()  # internal adapter name → requests bound to it
         self._retired: list[str] = []  # swapped-out adapters kept until no bound request needs them
+        self._prefixes = PrefixStore()  # recent prompts' keys and values, for prompts that begin alike
 
     def __repr__(self) -> str:
         return f"LocalModelHost({self.model_dir!r}, device={self.device!r}, dtype={self.dtype!r})"
@@ -143,6 +144,11 @@ class LocalModelHost(BatchScheduler):
     def lean_step(self) -> LeanStep | None:
         """The lean_step.LeanStep computing this model's decode steps, or None (transformers' forward does)."""
         return self._lean
+
+    @property
+    def reused_prompt_tokens(self) -> int:
+        """Prompt tokens whose keys and values an earlier prompt's prefill had computed (not computed again)."""
+        return self._prefixes.reused_tokens
 
     @property
     def tokenizer(self) -> Any:
@@ -322,6 +328,7 @@ class LocalModelHost(BatchScheduler):
         """Delete swapped-out adapters that no running or waiting request is bound to."""
         for internal in [r for r in self._retired if not self._bound[r]]:
             self._retired.remove(internal)
+            self._prefixes.forget(internal)
             living = [a.internal_name for a in self._adapters.values()] + self._retired
             if living:
                 if self._model.active_adapter == internal:
@@ -335,6 +342,7 @@ class LocalModelHost(BatchScheduler):
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._model = self._tokenizer = self._lean = None
         self._adapters.clear()
+        self._prefixes.clear()
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from backends.local.batching import BASE, Answer, DecodeBatch, GenRequest, Prompt, prefill_groups
+from backends.local.batching import BASE, Answer, DecodeBatch, GenRequest, PrefixStore, Prompt, prefill_groups
 from backends.local.generation import Completion
 from backends.local.lean_step import LeanStep
 
@@ -43,6 +43,7 @@ class BatchScheduler:
     _model: Any
     _tokenizer: Any
     _lean: LeanStep | None
+    _prefixes: PrefixStore
 
     def load(self) -> None:  # provided by LocalModelHost
         raise NotImplementedError
@@ -88,7 +89,7 @@ class BatchScheduler:
             self._fail_queue(e)
             return
         waiting: deque[GenRequest] = deque()
-        batch = DecodeBatch(self._model, self._tokenizer, peft=False, lean=self._lean)
+        batch = DecodeBatch(self._model, self._tokenizer, peft=False, lean=self._lean, prefixes=self._prefixes)
         slept = False
         while self._take(waiting, batch):
             if self._closing.is_set():
