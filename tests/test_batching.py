@@ -499,3 +499,27 @@ async def test_lesson_turns_and_retries_reuse_earlier_prompts_with_plain_generat
     before = host.reused_prompt_tokens
     student = await backend(host, "student").chat(second, greedy(12))
     assert host.reused_prompt_tokens == before and student != again
+
+
+async def test_sampled_rows_drawn_on_the_helper_thread_get_the_tokens_they_get_on_the_worker(host: LocalModelHost) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backends.local.batching import DecodeBatch, GenRequest
+
+    sampled = [GenParams(max_new_tokens=12, temperature=0.9, top_p=0.9, repetition_penalty=1.1, seed=s) for s in (1, 2, 3)]
+    params = [*sampled, greedy(12)]  # and a greedy row between them
+
+    def tokens(helper: ThreadPoolExecutor | None) -> tuple[list[list[int]], int]:
+        batch = DecodeBatch(host.model, host.tokenizer, peft=False, lean=host.lean_step, helper=helper)
+        batch.admit([batch.prepare(GenRequest(p, q, None, threading.Event())) for p, q in zip(PROMPTS, params, strict=True)])
+        for _ in range(11):
+            batch.step()
+        return [row.ids for row in batch.rows], batch.helper_draws
+
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        beside, drawn = await host.run(lambda: tokens(helper))
+    alone, none = await host.run(lambda: tokens(None))
+    assert beside == alone and none == 0
+    assert drawn == 11  # one of each step's three sampled rows (every other one) went to the helper
+    assert len({tuple(t) for t in beside}) == 4

@@ -102,6 +102,8 @@ class LocalModelHost(BatchScheduler):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{Path(model_dir).name}")
+        # draws half of a decode step's sampled tokens beside the worker (batching.DecodeBatch._choose_all)
+        self._sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sampler-{Path(model_dir).name}")
         self._model: Any = None  # a PreTrainedModel, or a PeftModel around it once an adapter is set
         self._lean: LeanStep | None = None  # computes its decode steps, when it can take this model
         self._tokenizer: Any = None
@@ -340,6 +342,7 @@ class LocalModelHost(BatchScheduler):
 
     def _shut_down(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._sampler.shutdown(wait=True)
         self._model = self._tokenizer = self._lean = None
         self._adapters.clear()
         self._prefixes.clear()

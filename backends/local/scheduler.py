@@ -44,6 +44,7 @@ class BatchScheduler:
     _tokenizer: Any
     _lean: LeanStep | None
     _prefixes: PrefixStore
+    _sampler: ThreadPoolExecutor
 
     def load(self) -> None:  # provided by LocalModelHost
         raise NotImplementedError
@@ -89,7 +90,8 @@ class BatchScheduler:
             self._fail_queue(e)
             return
         waiting: deque[GenRequest] = deque()
-        batch = DecodeBatch(self._model, self._tokenizer, peft=False, lean=self._lean, prefixes=self._prefixes)
+        batch = DecodeBatch(self._model, self._tokenizer, peft=False, lean=self._lean, prefixes=self._prefixes,
+                            helper=self._sampler)
         slept = False
         while self._take(waiting, batch):
             if self._closing.is_set():
