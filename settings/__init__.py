@@ -80,6 +80,9 @@ class ModelSpec(_Strict):
     # same weights share one host and so one batch: the first spec to load sets these)
     max_batch: int = Field(8, ge=1, le=64)
     batch_window_ms: float = Field(5.0, ge=0, le=1000)
+    # local backend: memory for recent prompts' keys and values, so a prompt that begins like an
+    # earlier one (a lesson's next turn, a retry) computes only the rest; 0 keeps none
+    prompt_cache_mb: float = Field(64.0, ge=0, le=65536)
     persona: Persona = Persona()
     generation: Generation = Generation()
     # a trainable local model gets LoRA adapters; a trainable openai model is fine-tuned through its API

@@ -523,3 +523,21 @@ async def test_sampled_rows_drawn_on_the_helper_thread_get_the_tokens_they_get_o
     assert beside == alone and none == 0
     assert drawn == 11  # one of each step's three sampled rows (every other one) went to the helper
     assert len({tuple(t) for t in beside}) == 4
+
+
+async def test_a_model_entrys_prompt_cache_mb_sizes_its_hosts_store_and_0_keeps_nothing(tiny_dir: str,
+                                                                                       tmp_path: Path) -> None:
+    from backends.local import HostPool
+
+    conv = [LESSON_SYSTEM, {"role": "user", "content": "What is the lake like?"}]
+    for mb, reuses in ((0, False), (0.5, True)):
+        pool = HostPool(tmp_path / str(mb))
+        entry = ModelSpec(name="m", backend="local", path=tiny_dir, device="cpu", prompt_cache_mb=mb,
+                          generation={"temperature": 0.0})
+        model = await pool.backend_for(entry)
+        try:
+            first, again = await model.chat(conv, greedy(6)), await model.chat(conv, greedy(6))
+            assert first == again and (model.host.reused_prompt_tokens > 0) is reuses
+            assert model.host._prefixes.budget == int(mb * 2**20)
+        finally:
+            await pool.aclose()

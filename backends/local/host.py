@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from backends.local.batching import Answer, GenRequest, PrefixStore
+from backends.local.batching import PREFIX_CACHE_BYTES, Answer, GenRequest, PrefixStore
 from backends.local.lean_step import LeanStep
 from backends.local.scheduler import BatchScheduler
 
@@ -81,7 +81,9 @@ class LocalModelHost(BatchScheduler):
     All torch work runs on the host's single worker thread, so requests never race each
     other and the event loop never waits on torch. Chat requests (`generate`) share one
     decode loop there, up to `max_batch` at a time; a request arriving at an idle host waits
-    `batch_window` seconds for company. The model loads lazily, on the worker, on first use.
+    `batch_window` seconds for company; the keys and values of recent prompts are kept, within
+    `prompt_cache_bytes`, for later prompts that begin alike. The model loads lazily, on the
+    worker, on first use.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class LocalModelHost(BatchScheduler):
         batch_window: float = 0.0,
         gguf: str | None = None,
         kernel_dir: Path | None = None,
+        prompt_cache_bytes: int = PREFIX_CACHE_BYTES,
     ):
         self.model_dir = model_dir
         # dtype "gguf": the file the model was converted from, whose blocks the linear layers then use
@@ -122,7 +125,7 @@ class LocalModelHost(BatchScheduler):
         self.shared_prompt_tokens = 0  # prompt tokens not computed because prompts prefilled together shared them
         self._bound: Counter[str] = Counter()  # internal adapter name → requests bound to it
         self._retired: list[str] = []  # swapped-out adapters kept until no bound request needs them
-        self._prefixes = PrefixStore()  # recent prompts' keys and values, for prompts that begin alike
+        self._prefixes = PrefixStore(prompt_cache_bytes)  # recent prompts' keys and values, for prompts that begin alike
 
     def __repr__(self) -> str:
         return f"LocalModelHost({self.model_dir!r}, device={self.device!r}, dtype={self.dtype!r})"

@@ -9,6 +9,7 @@ from pathlib import Path
 from backends.base import BackendError
 from backends.bundled import bundled_gguf_path, resolve_model_dir
 from backends.local.backend import LocalBackend
+from backends.local.batching import PREFIX_CACHE_BYTES
 from backends.local.host import LocalModelHost, resolve_device, resolve_dtype
 from backends.local.kernels import cpu_supported
 from settings import BUNDLED_MODEL, ModelSpec
@@ -32,12 +33,12 @@ class HostPool:
 
     def get(
         self, model_dir: str, device: str = "auto", dtype: str = "auto", *, max_batch: int = 1, batch_window: float = 0.0,
-        gguf: str | None = None,
+        gguf: str | None = None, prompt_cache_bytes: int = PREFIX_CACHE_BYTES,
     ) -> LocalModelHost:
         """The host for already-resolved weights, created (not loaded) on first request.
 
-        `max_batch` and `batch_window` (seconds) apply when this call creates the host; `gguf` is the
-        file `model_dir` was converted from (dtype "gguf" serves from its blocks).
+        `max_batch`, `batch_window` (seconds) and `prompt_cache_bytes` apply when this call creates
+        the host; `gguf` is the file `model_dir` was converted from (dtype "gguf" serves from its blocks).
 
         With 'auto' device or dtype this asks torch about the GPU; prefer `host_for` on the event loop.
         """
@@ -48,7 +49,7 @@ class HostPool:
         if host is None or host.closing:
             host = self._hosts[key] = LocalModelHost(
                 key[0], device=device, dtype=dtype, max_batch=max_batch, batch_window=batch_window, gguf=gguf,
-                kernel_dir=kernel_dir(self.cache_dir),
+                kernel_dir=kernel_dir(self.cache_dir), prompt_cache_bytes=prompt_cache_bytes,
             )
         return host
 
@@ -62,7 +63,8 @@ class HostPool:
             except Exception as e:
                 raise BackendError(spec.name, f"cannot prepare {spec.path}: {e}") from e
             return self.get(
-                model_dir, device, dtype, max_batch=spec.max_batch, batch_window=spec.batch_window_ms / 1000, gguf=gguf
+                model_dir, device, dtype, max_batch=spec.max_batch, batch_window=spec.batch_window_ms / 1000, gguf=gguf,
+                prompt_cache_bytes=int(spec.prompt_cache_mb * 2**20),
             )
 
     async def backend_for(self, spec: ModelSpec, adapter_name: str | None = None) -> LocalBackend:
