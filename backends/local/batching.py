@@ -384,7 +384,8 @@ class DecodeBatch:
                 tracker = TextTracker(self.tokenizer, params.stop)
                 rows.append(_Row(p.request, p.length, tracker, processors, eos, ids=best_tokens(scores),
                                  prompt=p.ids, position=p.length))
-        if self.prefixes is not None and self.mergeable:
+        if self.prefixes is not None and self.mergeable and all(
+                type(layer) is DynamicLayer for layer in out.past_key_values.layers):
             self._keep_prompts(prompts, out.past_key_values, mask)
             self.prefixes.reused_tokens += reused * len(prompts)
         self._merge(out.past_key_values, mask)
@@ -439,8 +440,9 @@ class DecodeBatch:
         generator, so where its token is drawn changes nothing."""
         rows = self.rows
         aside = [i for i, row in enumerate(rows) if _samples(row)][1::2] if self.helper is not None else []
-        drawn = self.helper.submit(lambda: [self._choose(i, rows[i], logits, scores) for i in aside]) if (
-            self.helper is not None and aside) else None
+        drawn = None
+        if aside and self.helper is not None:
+            drawn = self.helper.submit(lambda: [self._choose(i, rows[i], logits, scores) for i in aside])
         skip = set(aside)
         chosen = [0 if i in skip else self._choose(i, row, logits, scores) for i, row in enumerate(rows)]
         if drawn is not None:
