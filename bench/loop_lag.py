@@ -78,7 +78,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     host = await pool.host_for(spec)
     backend = LocalBackend(spec, host)
     await host.ensure_loaded()
-    params = GenParams(max_new_tokens=args.new_tokens, temperature=0.0)
+    params = GenParams(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         db = open_db(Path(tmp) / "lag.db")
         migrate(db)
@@ -126,6 +126,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "asks": args.asks,
         "new_tokens": args.new_tokens,
         "threads": args.threads,
+        "sampling": {"temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else "greedy",
         "dtype": host.dtype,
         "training_steps_during_run": sum(1 for e in steps if e.get("event") == "progress"),
     }
@@ -137,6 +138,8 @@ def main() -> None:
     parser.add_argument("--asks", type=int, default=8)
     parser.add_argument("--votes", type=int, default=100)
     parser.add_argument("--max-batch", type=int, default=9)
+    parser.add_argument("--temperature", type=float, default=0.0, help="sample the turn and the asks (0: greedy)")
+    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-training", dest="training", action="store_false", help="leave out the training job")
     parser.add_argument("--json", type=Path)
