@@ -499,6 +499,8 @@ async def test_lesson_turns_and_retries_reuse_earlier_prompts_with_plain_generat
     before = host.reused_prompt_tokens
     student = await backend(host, "student").chat(second, greedy(12))
     assert host.reused_prompt_tokens == before and student != again
+    assert await backend(host, "student").chat(second, greedy(12)) == student  # its own entry, on the PeftModel
+    assert host.reused_prompt_tokens > before
 
 
 async def test_sampled_rows_drawn_on_the_helper_thread_get_the_tokens_they_get_on_the_worker(host: LocalModelHost) -> None:
