@@ -99,13 +99,26 @@ def shared_prefix(prompts: Sequence[Prompt]) -> int:
     at least one token of its own, whose logits give its first reply token."""
     if len(prompts) < 2 or len({p.request.adapter_internal for p in prompts}) != 1:
         return 0
-    shortest = min(p.length for p in prompts)
-    first = prompts[0].ids[0, :shortest]
-    same = torch.ones(shortest, dtype=torch.bool, device=first.device)
-    for p in prompts[1:]:
-        same &= p.ids[0, :shortest] == first
-    n = min(int(same.long().cumprod(0).sum()), shortest - 1)
+    n = _begun_by(prompts[0].ids[0], prompts)
     return n if n >= SHARED_PREFIX_MIN else 0
+
+
+def _begun_by(ids: torch.Tensor, prompts: Sequence[Prompt]) -> int:
+    """How many leading tokens of `ids` [n] every one of `prompts` begins with, each prompt keeping at
+    least one token of its own (whose logits give its first reply token)."""
+    return min(min(_common(ids, p.ids[0]) for p in prompts), min(p.length for p in prompts) - 1)
+
+
+def _common(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading ids the 1-D `a` and `b` share."""
+    n = min(int(a.shape[0]), int(b.shape[0]))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if differ.numel() else n
+
+
+def _grows(cache: Any) -> bool:
+    """Whether every layer of `cache` is a plain growing one (which batches pad, merge and keep)."""
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 def prefill_groups(prompts: Sequence[Prompt]) -> list[list[Prompt]]:
@@ -160,11 +173,10 @@ class PrefixStore:
         if len(adapters) != 1:
             return 0, None
         (adapter,) = adapters
-        limit = min(p.length for p in prompts) - 1
         best, found = 0, None
         for entry in self._entries:
             if entry.adapter == adapter:
-                n = min(min(_common(entry.ids, p.ids[0]) for p in prompts), limit)
+                n = _begun_by(entry.ids, prompts)
                 if n > best:
                     best, found = n, entry
         if found is None or best < SHARED_PREFIX_MIN:
@@ -204,13 +216,6 @@ class PrefixStore:
     def _drop(self, entry: _Prefix) -> None:
         self._entries.remove(entry)
         self.nbytes -= entry.nbytes
-
-
-def _common(a: torch.Tensor, b: torch.Tensor) -> int:
-    """How many leading ids the 1-D `a` and `b` share."""
-    n = min(int(a.shape[0]), int(b.shape[0]))
-    differ = (a[:n] != b[:n]).nonzero()
-    return int(differ[0]) if differ.numel() else n
 
 
 @dataclass
@@ -304,9 +309,8 @@ class DecodeBatch:
         # Only plain growing caches are padded and merged; a model with another cache (sliding
         # windows, recurrent state) still streams through this loop, one request at a time.
         # Known before the first prefill, since a wave of requests is prefilled together.
-        self.mergeable = getattr(model.generation_config, "cache_implementation", None) in (None, "dynamic") and all(
-            type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers
-        )
+        self.mergeable = getattr(model.generation_config, "cache_implementation", None) in (None, "dynamic") and _grows(
+            DynamicCache(config=model.config))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -384,8 +388,7 @@ class DecodeBatch:
                 tracker = TextTracker(self.tokenizer, params.stop)
                 rows.append(_Row(p.request, p.length, tracker, processors, eos, ids=best_tokens(scores),
                                  prompt=p.ids, position=p.length))
-        if self.prefixes is not None and self.mergeable and all(
-                type(layer) is DynamicLayer for layer in out.past_key_values.layers):
+        if self.prefixes is not None and self.mergeable and _grows(out.past_key_values):
             self._keep_prompts(prompts, out.past_key_values, mask)
             self.prefixes.reused_tokens += reused * len(prompts)
         self._merge(out.past_key_values, mask)
@@ -505,7 +508,7 @@ class DecodeBatch:
         if self.cache is None or self.mask is None:
             self.cache, self.mask = cache, mask
             # generate() made another cache after all: serve these rows, merge no one into them
-            self.mergeable = self.mergeable and all(type(layer) is DynamicLayer for layer in cache.layers)
+            self.mergeable = self.mergeable and _grows(cache)
             if self.mergeable:
                 cache.layers[:] = [RoomyLayer(layer.keys, layer.values) for layer in cache.layers]
             return
